@@ -1,0 +1,216 @@
+"""Image classification: any registered model (or any ``nn.Module``) trained with cross-entropy.
+
+The task receives images in [0, 1] and normalises them itself (its first step), so an attack's
+epsilon is in pixel units and clamping to [0, 1] is always right (ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from research.models import build_model
+from research.models.weights import check_fits
+from research.tasks.optim import OptimizerName, build_optimizer, warmup_cosine
+
+log = logging.getLogger(__name__)
+
+
+class ImageClassification(L.LightningModule):
+    """Supervised image classification.
+
+    Args:
+        model: a registered model as ``{"name": "resnet20", "num_classes": 10, ...}`` (or just a
+            name), or any ``nn.Module`` mapping (B, C, H, W) images to (B, num_classes) logits.
+        num_classes: number of classes; read from the model (``model.num_classes``) when omitted.
+        mean: per-channel mean for normalisation; taken from the datamodule when omitted.
+        std: per-channel std for normalisation; taken from the datamodule when omitted.
+        label_smoothing: cross-entropy label smoothing (Szegedy et al. 2016).
+        mixup_alpha: Beta(alpha, alpha) mixup (Zhang et al. 2018); 0 disables it.
+        cutmix_alpha: Beta(alpha, alpha) CutMix (Yun et al. 2019); 0 disables it.
+        optimizer: "adamw" or "sgd"; biases and norm weights get no weight decay.
+        lr: peak learning rate.
+        weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
+        momentum: SGD momentum.
+        nesterov: SGD Nesterov momentum.
+        warmup_epochs: linear warm-up length in epochs (may be fractional).
+        min_lr_ratio: the cosine schedule decays to ``lr * min_lr_ratio``.
+        schedule: "cosine" (per-step, after warm-up) or "constant".
+    """
+
+    #: metric and mode that ModelCheckpoint uses to keep the best checkpoint.
+    checkpoint_monitor = ("val/acc", "max")
+
+    def __init__(
+        self,
+        model: nn.Module | dict | str,
+        *,
+        num_classes: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        optimizer: OptimizerName = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        warmup_epochs: float = 0.0,
+        min_lr_ratio: float = 0.0,
+        schedule: str = "cosine",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
+        self.model = build_model(model)
+        self.num_classes = num_classes or getattr(self.model, "num_classes", None)
+        if not self.num_classes:
+            raise ValueError("cannot tell the number of classes: pass num_classes to the task")
+        if schedule not in ("cosine", "constant"):
+            raise ValueError(f"unknown schedule {schedule!r}; choose 'cosine' or 'constant'")
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither (then the datamodule's are used)")
+        self._set_normalization(mean, std)
+
+        self.mixup = None
+        if mixup_alpha > 0 or cutmix_alpha > 0:
+            from timm.data import Mixup
+
+            # timm's Mixup already smooths the mixed targets, so the loss must not smooth again.
+            self.mixup = Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                               label_smoothing=label_smoothing, num_classes=self.num_classes)
+
+        def metrics(prefix: str) -> MetricCollection:
+            # average="micro" is plain accuracy; torchmetrics' default (macro) averages per class.
+            return MetricCollection(
+                {"acc": MulticlassAccuracy(self.num_classes, average="micro"),
+                 "acc_top5": MulticlassAccuracy(self.num_classes, top_k=min(5, self.num_classes), average="micro")},
+                prefix=prefix,
+            )
+
+        self.train_metrics, self.val_metrics, self.test_metrics = metrics("train/"), metrics("val/"), metrics("test/")
+
+    def _set_normalization(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+        shape = (-1, 1, 1)
+        empty = torch.zeros(0)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape) if mean else empty,
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape) if std else empty,
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for images in [0, 1].
+
+        Args:
+            x: (B, C, H, W) images in [0, 1].
+
+        Returns:
+            (B, num_classes) logits.
+        """
+        if self.mean.numel():
+            x = (x - self.mean) / self.std
+        return self.model(x)
+
+    def setup(self, stage: str) -> None:
+        """Check the model against the datamodule before any step runs; adopt its mean/std."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            return
+        data_classes = getattr(dm, "num_classes", None)
+        if data_classes is not None and data_classes != self.num_classes:
+            raise ValueError(
+                f"the model predicts {self.num_classes} classes but {type(dm).__name__} has {data_classes}; "
+                f"set num_classes: {data_classes} in the model's config"
+            )
+        if not self.mean.numel() and getattr(dm, "mean", None) is not None:
+            self.hparams["mean"], self.hparams["std"] = tuple(dm.mean), tuple(dm.std)  # saved in checkpoints
+            self._set_normalization(dm.mean, dm.std)
+        in_chans, img_size = getattr(dm, "in_chans", None), getattr(dm, "img_size", None)
+        if in_chans is not None and img_size is not None:
+            self._check_input(in_chans, img_size)
+
+    @torch.no_grad()
+    def _check_input(self, in_chans: int, img_size: int | tuple[int, int]) -> None:
+        """One forward on a blank image: a model that cannot take the data fails here, not mid-run."""
+        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+        if self.mean.numel() and self.mean.numel() != in_chans:
+            raise ValueError(f"mean/std have {self.mean.numel()} channels but the images have {in_chans}")
+        training = [m.training for m in self.model.modules()]
+        self.model.eval()  # no BatchNorm statistics move
+        try:
+            out = self.model(torch.zeros(1, in_chans, h, w, device=self.device))
+        except (ValueError, RuntimeError) as err:
+            raise ValueError(
+                f"the model cannot take this data's images (shape (B, {in_chans}, {h}, {w})): {err}\n"
+                "Build the model for these images (in_chans/img_size in its config) or convert the images "
+                "(data in_chans/img_size)."
+            ) from err
+        finally:
+            for m, t in zip(self.model.modules(), training):
+                m.train(t)
+        if out.ndim != 2 or out.shape[-1] != self.num_classes:
+            raise ValueError(f"the model returns shape {tuple(out.shape)}, expected (B, {self.num_classes}) logits")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint of another model stops here with a readable message, before torch's strict load."""
+        try:
+            check_fits(self, checkpoint["state_dict"], "the checkpoint's weights")
+        except ValueError as err:
+            saved = checkpoint.get("hyper_parameters", {}).get("model", "an unknown model")
+            raise ValueError(
+                f"this checkpoint holds {saved!r}, not this run's {self.hparams.get('model', type(self.model).__name__)!r}"
+                f" ({err}). Resume with the config the checkpoint was trained with, or pick another checkpoint."
+            ) from err
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        if self.mixup is not None:
+            x, target = self.mixup(x, y)  # soft targets (B, num_classes)
+            logits = self(x)
+            loss = F.cross_entropy(logits, target)
+        else:
+            logits = self(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        self.train_metrics.update(logits.detach(), y)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics: MetricCollection) -> None:
+        x, y = batch
+        logits = self(x)
+        metrics.update(logits, y)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y), prog_bar=True, batch_size=len(y), sync_dist=True)
+        self.log_dict(metrics, prog_bar=True, batch_size=len(y))
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """Class probabilities (B, num_classes) for a batch of images (with or without labels)."""
+        x = batch[0] if isinstance(batch, list | tuple) else batch
+        return self(x).softmax(-1)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = build_optimizer(self.model, hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay,
+                                    momentum=hp.momentum, nesterov=hp.nesterov)
+        if hp.schedule == "constant":
+            return optimizer
+        total = self.trainer.estimated_stepping_batches  # also sets num_training_batches
+        if total == float("inf"):
+            raise ValueError("the cosine schedule needs a run length: set trainer.max_epochs or trainer.max_steps")
+        steps_per_epoch = max(1, self.trainer.num_training_batches // self.trainer.accumulate_grad_batches)
+        scheduler = warmup_cosine(optimizer, warmup_steps=round(hp.warmup_epochs * steps_per_epoch),
+                                  total_steps=int(total), min_lr_ratio=hp.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
