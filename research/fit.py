@@ -130,8 +130,8 @@ class ResearchCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
-def main(args: list[str] | None = None) -> ResearchCLI:
-    return ResearchCLI(args=args)
+def main(args: list[str] | None = None, run: bool = True) -> ResearchCLI:
+    return ResearchCLI(args=args, run=run)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ class RNGState(Callback):
     shuffle the data, augment images and drop activations; without them a run resumed from an
     epoch-end checkpoint sees other batches than the uninterrupted run would have. The states are
     stored as tensors and plain ints so the checkpoint still loads with ``weights_only=True``.
+    They are put back as soon as the checkpoint is read, before the Trainer builds the first
+    training iterator (which draws the shuffling seed).
     Under DDP each rank has its own generators; the saved state is rank 0's.
     """
 

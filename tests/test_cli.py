@@ -1,0 +1,146 @@
+"""The command line: every config runs, resume is exact, runs are reproducible, mistakes stop early."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from research.fit import main, wandb_mode
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+SYNTHETIC = ["--data", "research.data.SyntheticImages", "--data.num_samples", "48", "--data.num_classes", "4",
+             "--data.img_size", "16", "--data.batch_size", "16"]
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # checkpoints/ and logs/ land in the test's folder
+    monkeypatch.setattr(sys, "argv", ["research.fit"])  # pytest's own arguments are not ours
+
+
+def write_tiny_cifar10(root: Path) -> None:
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        batch = {"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), "labels": list(range(10)) * 2}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def test_every_config_runs_one_batch(config, tmp_path):
+    args = ["fit", "--config", str(config), "--trainer.fast_dev_run", "true", *QUIET]
+    if "cifar" in config.name:
+        write_tiny_cifar10(tmp_path / "data")
+        args += ["--data.init_args.root", str(tmp_path / "data"), "--data.init_args.batch_size", "4"]
+    cli = main(args)
+    assert cli.trainer.state.finished
+    assert "test/acc" in cli.trainer.callback_metrics  # fit ends with a test of the model
+
+
+def fit(args, tmp_path, run=True):
+    return main([*(["fit"] if run else []), *QUIET, "--model", "research.tasks.ImageClassification",
+                 "--model.model", '{"name": "resnet20", "num_classes": 4}', "--model.lr", "0.01",
+                 *SYNTHETIC, "--trainer.logger", "false", "--trainer.limit_val_batches", "1",
+                 "--experiment", "tiny", "--test_after_fit", "false", *args], run=run)
+
+
+class StopAfterFirstEpoch(Callback):
+    """Stands in for a run killed after its first epoch's checkpoint: same config, same schedule."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = True
+
+
+def weights(cli):
+    return {k: v.clone() for k, v in cli.model.state_dict().items()}
+
+
+def test_resume_ends_with_the_same_weights(tmp_path):
+    uninterrupted = fit(["--trainer.max_epochs", "2", "--experiment", "straight"], tmp_path)
+    straight = weights(uninterrupted)
+    interrupted = fit(["--trainer.max_epochs", "2", "--experiment", "split"], tmp_path, run=False)
+    interrupted.trainer.callbacks.append(StopAfterFirstEpoch())
+    interrupted.trainer.fit(interrupted.model, datamodule=interrupted.datamodule)
+    assert interrupted.trainer.current_epoch == 1 and interrupted.trainer.global_step < uninterrupted.trainer.global_step
+    assert (tmp_path / "checkpoints/split/last.ckpt").exists()
+    resumed = fit(["--trainer.max_epochs", "2", "--experiment", "split", "--ckpt_path", "last"], tmp_path)
+    assert resumed.trainer.global_step == uninterrupted.trainer.global_step > 2
+    for name, value in weights(resumed).items():
+        torch.testing.assert_close(value, straight[name], rtol=0, atol=0, msg=name)
+
+
+def test_same_seed_same_metrics(tmp_path):
+    a = fit(["--trainer.max_epochs", "1", "--experiment", "a"], tmp_path).trainer.callback_metrics
+    b = fit(["--trainer.max_epochs", "1", "--experiment", "b"], tmp_path).trainer.callback_metrics
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_checkpoints_load_weights_only(tmp_path):
+    fit(["--trainer.max_epochs", "1"], tmp_path)
+    ckpt = torch.load(tmp_path / "checkpoints/tiny/last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["model"]["name"] == "resnet20"
+
+
+def test_resume_from_another_models_checkpoint_is_a_clear_error(tmp_path):
+    fit(["--trainer.max_epochs", "1"], tmp_path)
+    with pytest.raises(ValueError, match="this checkpoint holds .*resnet20.*resnet32"):
+        fit(["--model.model", '{"name": "resnet32", "num_classes": 4}', "--trainer.max_epochs", "2",
+             "--ckpt_path", "last"], tmp_path)
+
+
+def test_default_run_has_offline_wandb_csv_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cli = main(["fit", "--model", "ImageClassification", "--model.model",
+                '{"name": "resnet20", "num_classes": 4}', *SYNTHETIC, "--trainer.max_epochs", "1",
+                "--trainer.limit_val_batches", "1", "--experiment", "smoke/default"])
+    loggers = {type(lg).__name__ for lg in cli.trainer.loggers}
+    assert loggers == {"WandbLogger", "CSVLogger"}
+    assert list((tmp_path / "logs/wandb").glob("offline-run-*"))
+    assert (tmp_path / "checkpoints/smoke/default/last.ckpt").exists()
+    assert list((tmp_path / "checkpoints/smoke/default").glob("best-*.ckpt"))
+    names = {type(c).__name__ for c in cli.trainer.callbacks}
+    assert {"ModelCheckpoint", "RichProgressBar", "LearningRateMonitor", "RNGState"} <= names
+
+
+def test_wandb_is_offline_unless_logged_in(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    assert wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode() == "disabled"
+
+
+def test_unknown_config_key_is_rejected(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "configs/resnet/mnist_resnet20.yaml"), "--model.init_args.lrr", "0.1"])
+    assert exit_info.value.code != 0
+    assert "lrr" in capsys.readouterr().err
+
+
+def test_unknown_model_name_is_one_clear_message():
+    with pytest.raises(ValueError, match="unknown model 'resnet2'; did you mean"):
+        main(["fit", "--config", str(ROOT / "configs/resnet/mnist_resnet20.yaml"),
+              "--model.init_args.model", '{"name": "resnet2", "num_classes": 10}'])
+
+
+def test_missing_dataset_offline_is_one_clear_message(tmp_path):
+    with pytest.raises((ValueError, FileNotFoundError), match="download"):
+        main(["fit", "--config", str(ROOT / "configs/resnet/cifar10_resnet20.yaml"),
+              "--data.init_args.root", str(tmp_path / "nowhere"), *QUIET])
