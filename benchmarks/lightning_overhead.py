@@ -63,20 +63,36 @@ def raw_loop(model, batches, mean, std, args) -> float:
 
 
 def lightning_fit(model, batches, mean, std, args) -> float:
-    task = ImageClassification(model, num_classes=10, mean=mean.flatten().tolist(), std=std.flatten().tolist(),
-                               optimizer="sgd", lr=0.1, weight_decay=1e-4, nesterov=True)
+    task = ImageClassification(
+        model,
+        num_classes=10,
+        mean=mean.flatten().tolist(),
+        std=std.flatten().tolist(),
+        optimizer="sgd",
+        lr=0.1,
+        weight_decay=1e-4,
+        nesterov=True,
+    )
     timer = StepTimes()
     with tempfile.TemporaryDirectory() as logs:
         trainer = L.Trainer(
-            accelerator="cpu", max_steps=len(batches), logger=CSVLogger(logs), callbacks=[timer, RichProgressBar()],
-            enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=50,
+            accelerator="cpu",
+            max_steps=len(batches),
+            logger=CSVLogger(logs),
+            callbacks=[timer, RichProgressBar()],
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=50,
         )
         trainer.fit(task, train_dataloaders=batches)
     return steady(timer.times, args.warmup)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
@@ -100,10 +116,16 @@ def main() -> None:
         raw.append(raw_loop(copy.deepcopy(init), batches, mean, std, args))
         lit.append(lightning_fit(copy.deepcopy(init), batches, mean, std, args))
     r, li = statistics.median(raw), statistics.median(lit)
-    print(f"model {args.model}, batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats, "
-          f"{torch.get_num_threads()} threads")
-    print(f"raw PyTorch loop      {1000 * r:8.2f} ms/step  (runs: {', '.join(f'{1000 * t:.1f}' for t in raw)})")
-    print(f"research (Lightning)  {1000 * li:8.2f} ms/step  (runs: {', '.join(f'{1000 * t:.1f}' for t in lit)})")
+    print(
+        f"model {args.model}, batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"raw PyTorch loop      {1000 * r:8.2f} ms/step  (runs: {', '.join(f'{1000 * t:.1f}' for t in raw)})"
+    )
+    print(
+        f"research (Lightning)  {1000 * li:8.2f} ms/step  (runs: {', '.join(f'{1000 * t:.1f}' for t in lit)})"
+    )
     print(f"ratio lightning/raw   {li / r:8.3f}x  (goal <= 1.05)")
 
 

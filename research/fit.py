@@ -61,12 +61,19 @@ def default_loggers(experiment: str) -> list[Logger]:
     ]
 
 
-def default_callbacks(experiment: str, task: L.LightningModule, given: list[Callback], logging: bool) -> list[Callback]:
+def default_callbacks(
+    experiment: str, task: L.LightningModule, given: list[Callback], logging: bool
+) -> list[Callback]:
     """Ours, minus any kind the config already set."""
     monitor, mode = getattr(task, "checkpoint_monitor", (None, "min"))
     defaults: list[Callback] = [
-        ModelCheckpoint(dirpath=CHECKPOINT_ROOT / experiment, filename="best-{epoch}-{step}", monitor=monitor,
-                        mode=mode, save_last=True),
+        ModelCheckpoint(
+            dirpath=CHECKPOINT_ROOT / experiment,
+            filename="best-{epoch}-{step}",
+            monitor=monitor,
+            mode=mode,
+            save_last=True,
+        ),
         RichProgressBar(),
         RNGState(),
     ]
@@ -85,15 +92,26 @@ class ResearchCLI(LightningCLI):
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(
-            L.LightningModule, L.LightningDataModule, *args,
-            subclass_mode_model=True, subclass_mode_data=True, auto_configure_optimizers=False, **kwargs,
+            L.LightningModule,
+            L.LightningDataModule,
+            *args,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            **kwargs,
         )
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--test_after_fit", type=bool, default=True,
-                            help="after fit, evaluate the best checkpoint on the test split")
         parser.add_argument(
-            "--experiment", type=str | None, default=None,
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="after fit, evaluate the best checkpoint on the test split",
+        )
+        parser.add_argument(
+            "--experiment",
+            type=str | None,
+            default=None,
             help="run name for checkpoints/<experiment>/ and the loggers; default: the config's <family>/<name>",
         )
 
@@ -101,9 +119,17 @@ class ResearchCLI(LightningCLI):
         """Test the best checkpoint at the end of ``fit`` when the datamodule has a test split."""
         if not self._get(self.config, "test_after_fit", default=True):
             return
-        if self.datamodule is None or not is_overridden("test_dataloader", self.datamodule) or self.trainer.interrupted:
+        if (
+            self.datamodule is None
+            or not is_overridden("test_dataloader", self.datamodule)
+            or self.trainer.interrupted
+        ):
             return
-        best = getattr(self.trainer.checkpoint_callback, "best_model_path", "") if not self.trainer.fast_dev_run else ""
+        best = (
+            getattr(self.trainer.checkpoint_callback, "best_model_path", "")
+            if not self.trainer.fast_dev_run
+            else ""
+        )
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
     def experiment_name(self) -> str:

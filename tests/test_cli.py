@@ -12,8 +12,18 @@ from research.fit import main, wandb_mode
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-SYNTHETIC = ["--data", "research.data.SyntheticImages", "--data.num_samples", "48", "--data.num_classes", "4",
-             "--data.img_size", "16", "--data.batch_size", "16"]
+SYNTHETIC = [
+    "--data",
+    "research.data.SyntheticImages",
+    "--data.num_samples",
+    "48",
+    "--data.num_classes",
+    "4",
+    "--data.img_size",
+    "16",
+    "--data.batch_size",
+    "16",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -48,10 +58,29 @@ def test_every_config_runs_one_batch(config, tmp_path):
 
 
 def fit(args, tmp_path, run=True):
-    return main([*(["fit"] if run else []), *QUIET, "--model", "research.tasks.ImageClassification",
-                 "--model.model", '{"name": "resnet20", "num_classes": 4}', "--model.lr", "0.01",
-                 *SYNTHETIC, "--trainer.logger", "false", "--trainer.limit_val_batches", "1",
-                 "--experiment", "tiny", "--test_after_fit", "false", *args], run=run)
+    return main(
+        [
+            *(["fit"] if run else []),
+            *QUIET,
+            "--model",
+            "research.tasks.ImageClassification",
+            "--model.model",
+            '{"name": "resnet20", "num_classes": 4}',
+            "--model.lr",
+            "0.01",
+            *SYNTHETIC,
+            "--trainer.logger",
+            "false",
+            "--trainer.limit_val_batches",
+            "1",
+            "--experiment",
+            "tiny",
+            "--test_after_fit",
+            "false",
+            *args,
+        ],
+        run=run,
+    )
 
 
 class StopAfterFirstEpoch(Callback):
@@ -71,7 +100,10 @@ def test_resume_ends_with_the_same_weights(tmp_path):
     interrupted = fit(["--trainer.max_epochs", "2", "--experiment", "split"], tmp_path, run=False)
     interrupted.trainer.callbacks.append(StopAfterFirstEpoch())
     interrupted.trainer.fit(interrupted.model, datamodule=interrupted.datamodule)
-    assert interrupted.trainer.current_epoch == 1 and interrupted.trainer.global_step < uninterrupted.trainer.global_step
+    assert (
+        interrupted.trainer.current_epoch == 1
+        and interrupted.trainer.global_step < uninterrupted.trainer.global_step
+    )
     assert (tmp_path / "checkpoints/split/last.ckpt").exists()
     resumed = fit(["--trainer.max_epochs", "2", "--experiment", "split", "--ckpt_path", "last"], tmp_path)
     assert resumed.trainer.global_step == uninterrupted.trainer.global_step > 2
@@ -96,16 +128,38 @@ def test_checkpoints_load_weights_only(tmp_path):
 def test_resume_from_another_models_checkpoint_is_a_clear_error(tmp_path):
     fit(["--trainer.max_epochs", "1"], tmp_path)
     with pytest.raises(ValueError, match="this checkpoint holds .*resnet20.*resnet32"):
-        fit(["--model.model", '{"name": "resnet32", "num_classes": 4}', "--trainer.max_epochs", "2",
-             "--ckpt_path", "last"], tmp_path)
+        fit(
+            [
+                "--model.model",
+                '{"name": "resnet32", "num_classes": 4}',
+                "--trainer.max_epochs",
+                "2",
+                "--ckpt_path",
+                "last",
+            ],
+            tmp_path,
+        )
 
 
 def test_default_run_has_offline_wandb_csv_checkpoints(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    cli = main(["fit", "--model", "ImageClassification", "--model.model",
-                '{"name": "resnet20", "num_classes": 4}', *SYNTHETIC, "--trainer.max_epochs", "1",
-                "--trainer.limit_val_batches", "1", "--experiment", "smoke/default"])
+    cli = main(
+        [
+            "fit",
+            "--model",
+            "ImageClassification",
+            "--model.model",
+            '{"name": "resnet20", "num_classes": 4}',
+            *SYNTHETIC,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_val_batches",
+            "1",
+            "--experiment",
+            "smoke/default",
+        ]
+    )
     loggers = {type(lg).__name__ for lg in cli.trainer.loggers}
     assert loggers == {"WandbLogger", "CSVLogger"}
     assert list((tmp_path / "logs/wandb").glob("offline-run-*"))
@@ -129,18 +183,41 @@ def test_wandb_is_offline_unless_logged_in(monkeypatch, tmp_path):
 
 def test_unknown_config_key_is_rejected(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(ROOT / "configs/resnet/mnist_resnet20.yaml"), "--model.init_args.lrr", "0.1"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "configs/resnet/mnist_resnet20.yaml"),
+                "--model.init_args.lrr",
+                "0.1",
+            ]
+        )
     assert exit_info.value.code != 0
     assert "lrr" in capsys.readouterr().err
 
 
 def test_unknown_model_name_is_one_clear_message():
     with pytest.raises(ValueError, match="unknown model 'resnet2'; did you mean"):
-        main(["fit", "--config", str(ROOT / "configs/resnet/mnist_resnet20.yaml"),
-              "--model.init_args.model", '{"name": "resnet2", "num_classes": 10}'])
+        main(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "configs/resnet/mnist_resnet20.yaml"),
+                "--model.init_args.model",
+                '{"name": "resnet2", "num_classes": 10}',
+            ]
+        )
 
 
 def test_missing_dataset_offline_is_one_clear_message(tmp_path):
     with pytest.raises((ValueError, FileNotFoundError), match="download"):
-        main(["fit", "--config", str(ROOT / "configs/resnet/cifar10_resnet20.yaml"),
-              "--data.init_args.root", str(tmp_path / "nowhere"), *QUIET])
+        main(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "configs/resnet/cifar10_resnet20.yaml"),
+                "--data.init_args.root",
+                str(tmp_path / "nowhere"),
+                *QUIET,
+            ]
+        )

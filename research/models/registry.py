@@ -47,7 +47,9 @@ def create_model(name: str, **overrides) -> nn.Module:
         return _MODELS[name](**overrides)
     except TypeError as err:
         if "unexpected keyword argument" in str(err):
-            raise ValueError(f"model {name!r} does not take {err}".replace("() got an", "(): got an")) from err
+            raise ValueError(
+                f"model {name!r} does not take {err}".replace("() got an", "(): got an")
+            ) from err
         raise
 
 
@@ -64,4 +66,6 @@ def build_model(spec: nn.Module | dict | str) -> nn.Module:
             )
         overrides = {k: v for k, v in spec.items() if k != "name"}
         return create_model(spec["name"], **overrides)
-    raise ValueError(f"model must be an nn.Module, a registered name or a {{name: ...}} mapping, got {type(spec)}")
+    raise ValueError(
+        f"model must be an nn.Module, a registered name or a {{name: ...}} mapping, got {type(spec)}"
+    )

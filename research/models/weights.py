@@ -95,12 +95,19 @@ def check_fits(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str) ->
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own.keys() & sd.keys() if sd[k].shape != own[k].shape]
+    shapes = [
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own.keys() & sd.keys()
+        if sd[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
-        parts = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
-                 f"shape mismatch {shapes[:3]}" if shapes else ""]
+        parts = [
+            f"missing {missing[:5]}" if missing else "",
+            f"unexpected {unexpected[:5]}" if unexpected else "",
+            f"shape mismatch {shapes[:3]}" if shapes else "",
+        ]
         raise ValueError(
-            f"{source} do not fit this {type(model).__name__}: " + "; ".join(p for p in parts if p)
-            + ". Build the model with the checkpoint's architecture (num_classes, depth, ...) or use another checkpoint."
+            f"{source} do not fit this {type(model).__name__}: "
+            + "; ".join(p for p in parts if p)
+            + ". Build the model with the checkpoint's architecture (num_classes, depth, ...) or use another one."
         )

@@ -84,26 +84,40 @@ class ImageClassification(L.LightningModule):
             from timm.data import Mixup
 
             # timm's Mixup already smooths the mixed targets, so the loss must not smooth again.
-            self.mixup = Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
-                               label_smoothing=label_smoothing, num_classes=self.num_classes)
+            self.mixup = Mixup(
+                mixup_alpha=mixup_alpha,
+                cutmix_alpha=cutmix_alpha,
+                label_smoothing=label_smoothing,
+                num_classes=self.num_classes,
+            )
 
         def metrics(prefix: str) -> MetricCollection:
             # average="micro" is plain accuracy; torchmetrics' default (macro) averages per class.
             return MetricCollection(
-                {"acc": MulticlassAccuracy(self.num_classes, average="micro"),
-                 "acc_top5": MulticlassAccuracy(self.num_classes, top_k=min(5, self.num_classes), average="micro")},
+                {
+                    "acc": MulticlassAccuracy(self.num_classes, average="micro"),
+                    "acc_top5": MulticlassAccuracy(
+                        self.num_classes, top_k=min(5, self.num_classes), average="micro"
+                    ),
+                },
                 prefix=prefix,
             )
 
-        self.train_metrics, self.val_metrics, self.test_metrics = metrics("train/"), metrics("val/"), metrics("test/")
+        self.train_metrics, self.val_metrics, self.test_metrics = (
+            metrics("train/"),
+            metrics("val/"),
+            metrics("test/"),
+        )
 
     def _set_normalization(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
         shape = (-1, 1, 1)
         empty = torch.zeros(0)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape) if mean else empty,
-                             persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape) if std else empty,
-                             persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(shape) if mean else empty, persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(std, dtype=torch.float32).view(shape) if std else empty, persistent=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for images in [0, 1].
@@ -156,7 +170,9 @@ class ImageClassification(L.LightningModule):
             for m, t in zip(self.model.modules(), training):
                 m.train(t)
         if out.ndim != 2 or out.shape[-1] != self.num_classes:
-            raise ValueError(f"the model returns shape {tuple(out.shape)}, expected (B, {self.num_classes}) logits")
+            raise ValueError(
+                f"the model returns shape {tuple(out.shape)}, expected (B, {self.num_classes}) logits"
+            )
 
     def _model_description(self) -> str:
         return str(self.hparams.get("model", type(self.model).__name__))
@@ -189,11 +205,15 @@ class ImageClassification(L.LightningModule):
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
-    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics: MetricCollection) -> None:
+    def _eval_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics: MetricCollection
+    ) -> None:
         x, y = batch
         logits = self(x)
         metrics.update(logits, y)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y), prog_bar=True, batch_size=len(y), sync_dist=True)
+        self.log(
+            f"{stage}/loss", F.cross_entropy(logits, y), prog_bar=True, batch_size=len(y), sync_dist=True
+        )
         self.log_dict(metrics, prog_bar=True, batch_size=len(y))
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -209,14 +229,26 @@ class ImageClassification(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = build_optimizer(self.model, hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay,
-                                    momentum=hp.momentum, nesterov=hp.nesterov)
+        optimizer = build_optimizer(
+            self.model,
+            hp.optimizer,
+            lr=hp.lr,
+            weight_decay=hp.weight_decay,
+            momentum=hp.momentum,
+            nesterov=hp.nesterov,
+        )
         if hp.schedule == "constant":
             return optimizer
         total = self.trainer.estimated_stepping_batches  # also sets num_training_batches
         if total == float("inf"):
-            raise ValueError("the cosine schedule needs a run length: set trainer.max_epochs or trainer.max_steps")
+            raise ValueError(
+                "the cosine schedule needs a run length: set trainer.max_epochs or trainer.max_steps"
+            )
         steps_per_epoch = max(1, self.trainer.num_training_batches // self.trainer.accumulate_grad_batches)
-        scheduler = warmup_cosine(optimizer, warmup_steps=round(hp.warmup_epochs * steps_per_epoch),
-                                  total_steps=int(total), min_lr_ratio=hp.min_lr_ratio)
+        scheduler = warmup_cosine(
+            optimizer,
+            warmup_steps=round(hp.warmup_epochs * steps_per_epoch),
+            total_steps=int(total),
+            min_lr_ratio=hp.min_lr_ratio,
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -10,14 +10,20 @@ TINY = {"name": "resnet20", "num_classes": 4, "in_chans": 3}
 
 
 def trainer(**kw) -> L.Trainer:
-    defaults = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False)
+    defaults = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     return L.Trainer(**{**defaults, **kw})
 
 
 def synthetic(**kw) -> SyntheticImages:
-    return SyntheticImages(**{"num_samples": 64, "num_classes": 4, "img_size": 16, "in_chans": 3,
-                              "batch_size": 16, **kw})
+    return SyntheticImages(
+        **{"num_samples": 64, "num_classes": 4, "img_size": 16, "in_chans": 3, "batch_size": 16, **kw}
+    )
 
 
 def test_overfits_one_batch():
@@ -64,7 +70,9 @@ def test_mixup_cutmix_and_label_smoothing_train():
 
 def test_num_classes_mismatch_stops_before_training():
     task = ImageClassification({**TINY, "num_classes": 100})
-    with pytest.raises(ValueError, match="predicts 100 classes but SyntheticImages has 4; set num_classes: 4"):
+    with pytest.raises(
+        ValueError, match="predicts 100 classes but SyntheticImages has 4; set num_classes: 4"
+    ):
         trainer(max_steps=1).fit(task, datamodule=synthetic())
 
 
