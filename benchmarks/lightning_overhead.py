@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
 
 from research.data import EmbeddedMNIST
 from research.models import create_model
@@ -85,7 +86,8 @@ def lightning_fit(model, batches, mean, std, args) -> float:
             num_sanity_val_steps=0,
             log_every_n_steps=50,
         )
-        trainer.fit(task, train_dataloaders=batches)
+        # batch_size=None: the loader yields the prepared batches as they are.
+        trainer.fit(task, train_dataloaders=DataLoader(batches, batch_size=None))
     return steady(timer.times, args.warmup)
 
 

@@ -57,10 +57,10 @@ def test_every_config_runs_one_batch(config, tmp_path):
     assert "test/acc" in cli.trainer.callback_metrics  # fit ends with a test of the model
 
 
-def fit(args, tmp_path, run=True):
+def fit(args, tmp_path, run=True, subcommand="fit"):
     return main(
         [
-            *(["fit"] if run else []),
+            *([subcommand] if run else []),
             *QUIET,
             "--model",
             "research.tasks.ImageClassification",
@@ -101,8 +101,7 @@ def test_resume_ends_with_the_same_weights(tmp_path):
     interrupted.trainer.callbacks.append(StopAfterFirstEpoch())
     interrupted.trainer.fit(interrupted.model, datamodule=interrupted.datamodule)
     assert (
-        interrupted.trainer.current_epoch == 1
-        and interrupted.trainer.global_step < uninterrupted.trainer.global_step
+        interrupted.trainer.current_epoch == 1 and interrupted.trainer.global_step < uninterrupted.trainer.global_step
     )
     assert (tmp_path / "checkpoints/split/last.ckpt").exists()
     resumed = fit(["--trainer.max_epochs", "2", "--experiment", "split", "--ckpt_path", "last"], tmp_path)
@@ -117,6 +116,39 @@ def test_same_seed_same_metrics(tmp_path):
     assert set(a) == set(b)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_validate_test_predict_from_a_checkpoint(tmp_path):
+    fit(["--trainer.max_epochs", "1"], tmp_path)
+    ckpt = str(tmp_path / "checkpoints/tiny/last.ckpt")
+    for subcommand, metric in (("validate", "val/acc"), ("test", "test/acc")):
+        cli = fit(["--ckpt_path", ckpt], tmp_path, subcommand=subcommand)
+        assert metric in cli.trainer.callback_metrics
+    cli = main(
+        [
+            "predict",
+            *QUIET,
+            "--model",
+            "ImageClassification",
+            "--model.model",
+            '{"name": "resnet20", "num_classes": 4}',
+            *SYNTHETIC,
+            "--ckpt_path",
+            ckpt,
+            "--trainer.logger",
+            "false",
+        ]
+    )
+    probs = torch.cat(cli.trainer.predict_loop.predictions)
+    assert probs.shape[1] == 4 and torch.allclose(probs.sum(1), torch.ones(len(probs)))
+
+
+def test_print_config_shows_the_resolved_config(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "configs/resnet/mnist_resnet20.yaml"), "--print_config"])
+    printed = capsys.readouterr().out
+    assert "research.tasks.ImageClassification" in printed and "name: resnet20" in printed
+    assert "research.data.EmbeddedMNIST" in printed
 
 
 def test_checkpoints_load_weights_only(tmp_path):
@@ -221,3 +253,22 @@ def test_missing_dataset_offline_is_one_clear_message(tmp_path):
                 *QUIET,
             ]
         )
+
+
+@pytest.mark.slow
+def test_quick_start_reaches_98_percent(tmp_path):
+    """The README's main job, end to end (about 5 minutes on 2 CPU cores): `pytest -m slow`."""
+    cli = main(
+        ["fit", "--config", str(ROOT / "configs/resnet/mnist_resnet20.yaml"), *QUIET, "--trainer.logger", "false"]
+    )
+    assert cli.trainer.callback_metrics["test/acc"] >= 0.98
+    assert (tmp_path / "checkpoints/resnet/mnist_resnet20/last.ckpt").exists()
+
+
+def test_image_size_not_divisible_by_patch_is_one_clear_message():
+    config = str(ROOT / "configs/vit/mnist_vit_tiny.yaml")
+    spec = '{"name": "vit_tiny_patch4_32", "num_classes": 10, "in_chans": 1, "img_size": 30}'
+    with pytest.raises(ValueError, match="not divisible by patch_size=4"):
+        main(["fit", "--config", config, "--model.init_args.model", spec])
+    with pytest.raises(ValueError, match="cannot take this data's images .*built for 32x32"):
+        main(["fit", "--config", config, "--data.init_args.img_size", "28", *QUIET, "--trainer.logger", "false"])

@@ -352,6 +352,10 @@ class VisionDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, BatchToFloat(), shuffle=False, drop_last=False)
 
+    def predict_dataloader(self) -> DataLoader:
+        """The test split, in order (``python -m research.fit predict`` writes its class probabilities)."""
+        return self.test_dataloader()
+
     def _loader(
         self, dataset: Dataset, collate: BatchToFloat, *, shuffle: bool, drop_last: bool
     ) -> DataLoader:
