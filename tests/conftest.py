@@ -1,3 +1,8 @@
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -8,3 +13,33 @@ def _hermetic(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("WANDB_SILENT", "true")
     torch.manual_seed(0)
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+@pytest.fixture
+def fake_torchvision_root(tmp_path) -> Path:
+    """A data root with tiny MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 in torchvision's layout.
+
+    20 random images a split: enough for a config's one-batch run without the real (downloaded) sets.
+    """
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for folder in ("MNIST", "FashionMNIST"):
+        raw = root / folder / "raw"
+        raw.mkdir(parents=True)
+        for split in ("train", "t10k"):
+            _write_idx(raw / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (20, 28, 28)))
+            _write_idx(raw / f"{split}-labels-idx1-ubyte.gz", np.arange(20) % 10)
+    for folder, names, key, classes in (
+        ("cifar-10-batches-py", [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"], "labels", 10),
+        ("cifar-100-python", ["train", "test"], "fine_labels", 100),
+    ):
+        (root / folder).mkdir(parents=True)
+        for name in names:
+            batch = {"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), key: list(np.arange(20) % classes)}
+            (root / folder / name).write_bytes(pickle.dumps(batch))
+    return root
