@@ -3,7 +3,6 @@
 import pytest
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from research.models import create_model, import_weights, list_models
 from research.models.resnet import BasicBlock, ResNet, ZeroPadShortcut
@@ -113,37 +112,8 @@ def test_parameter_count_matches_torchvision(name):
     assert n_params(on_meta(name)) == n_params(reference)
 
 
-# Table 6 (and section 4.2) "# params", option A shortcuts, 10 classes.
-@pytest.mark.parametrize(
-    ("name", "paper_millions"),
-    [("resnet20", "0.27"), ("resnet32", "0.46"), ("resnet44", "0.66"), ("resnet56", "0.85"),
-     ("resnet110", "1.7"), ("resnet1202", "19.4")],
-)
-def test_cifar_parameter_count_matches_paper(name, paper_millions):
-    decimals = len(paper_millions.split(".")[1])
-    assert round(n_params(on_meta(name)) / 1e6, decimals) == float(paper_millions)
-
-
-def gflops(model: nn.Module, size: int = 224) -> float:
-    """Multiply-adds in units of 1e9, the paper's "FLOPs" (Table 1), for one image."""
-    with torch.device("meta"), FlopCounterMode(display=False) as counter:
-        model(torch.empty(1, 3, size, size))
-    return counter.get_total_flops() / 2e9
-
-
-# Table 1 counts the original ResNet, whose bottleneck strides in the first 1x1 conv.
-@pytest.mark.parametrize(
-    ("name", "paper_gflops"),
-    [("resnet18", 1.8), ("resnet34", 3.6), ("resnet50", 3.8), ("resnet101", 7.6), ("resnet152", 11.3)],
-)
-def test_flops_match_table1(name, paper_gflops):
-    kwargs = {"stride_in_1x1": True} if name in ("resnet50", "resnet101", "resnet152") else {}
-    assert abs(gflops(on_meta(name, **kwargs)) - paper_gflops) < 0.1
-
-
-def test_v15_costs_more_flops_than_the_paper():
-    # torchvision's v1.5 strides after the 1x1 reduction, so its 3x3 sees 4x the pixels: 4.1 G.
-    assert abs(gflops(on_meta("resnet50")) - 4.1) < 0.05
+# The paper's parameter counts (Table 6) and FLOPs (Table 1) are rows of research/reproduce/complexity.py,
+# checked by tests/reproduce/test_complexity.py.
 
 
 # --- shortcuts and blocks ----------------------------------------------------------------------

@@ -1,0 +1,12 @@
+"""The papers' tables, printed beside ours: ``python -m research.reproduce list | TABLE [--quick]``.
+
+Each table is data (research/reproduce/<table>.py): the paper's rows with their numbers, a citation
+and a tolerance, and how ours is measured. Every paper number the code claims to match lives here.
+"""
+
+from research.reproduce import complexity
+from research.reproduce.table import Result, Row, Table, run_table, to_markdown
+
+TABLES: dict[str, Table] = {t.name: t for t in (complexity.TABLE,)}
+
+__all__ = ["TABLES", "Result", "Row", "Table", "run_table", "to_markdown"]

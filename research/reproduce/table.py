@@ -1,0 +1,141 @@
+"""A paper table as data: the paper's rows, a tolerance each, and how ours is measured.
+
+The runner (``python -m research.reproduce``) measures every row, caches what it measured, and
+prints paper | ours | difference | within tolerance. A row whose measurement raises is reported as
+failed with its error, never dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Row:
+    """One number from a paper and how to measure ours.
+
+    Args:
+        label: what the number is, e.g. "ResNet-50 FLOPs".
+        paper: the published value, in ``Table.unit``.
+        tolerance: largest |ours - paper| that still counts as reproduced, in the same unit
+            (papers round: 1.8 G means 1.75-1.85 G).
+        source: where the number is printed, e.g. "He et al. 2016, Table 1".
+        measure: returns ours; gets ``quick`` (tiny settings, for the test suite).
+        key: everything the measurement depends on, for the cache (a config and its overrides).
+        model: the registered model the row measures, if any.
+    """
+
+    label: str
+    paper: float
+    tolerance: float
+    source: str
+    measure: Callable[[bool], float]
+    key: str = ""
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    title: str
+    unit: str
+    rows: list[Row]
+    notes: str = ""
+    cache: bool = True  # measurements that train something are cached; cheap counts need not be
+    digits: int = 2
+
+
+@dataclass
+class Result:
+    label: str
+    paper: float
+    tolerance: float
+    source: str
+    ours: float | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    cached: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.ours is not None and math.isfinite(self.ours) and abs(self.ours - self.paper) <= self.tolerance
+
+
+def _cache_path(out: Path, table: Table, row: Row, quick: bool) -> Path:
+    key = json.dumps([table.name, row.label, row.key, quick])
+    return out / "cache" / f"{table.name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
+
+
+def run_table(table: Table, *, quick: bool = False, out: Path | None = None) -> list[Result]:
+    """Measure every row (or read it from ``out``'s cache); failures become failed results."""
+    results = []
+    for row in table.rows:
+        result = Result(row.label, row.paper, row.tolerance, row.source)
+        cache = _cache_path(out, table, row, quick) if out is not None and table.cache else None
+        if cache is not None and cache.exists():
+            result.ours, result.seconds, result.cached = json.loads(cache.read_text())["ours"], 0.0, True
+        else:
+            start = time.perf_counter()
+            try:
+                result.ours = float(row.measure(quick))
+            except Exception as err:  # a failed run is reported in the table, never dropped
+                result.error = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+                result.extra["traceback"] = traceback.format_exc()
+            result.seconds = time.perf_counter() - start
+            if cache is not None and result.error is None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                cache.write_text(json.dumps({"ours": result.ours, "seconds": result.seconds}))
+        results.append(result)
+    return results
+
+
+def to_markdown(table: Table, results: list[Result], *, quick: bool = False) -> str:
+    d = table.digits
+    lines = [f"### {table.title}" + (" (quick settings: not comparable to the paper)" if quick else ""), ""]
+    lines += [
+        f"| | paper ({table.unit}) | ours | difference | within ±tolerance | source |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r.error is not None:
+            lines.append(f"| {r.label} | {r.paper:.{d}f} | failed: {r.error} | | no | {r.source} |")
+            continue
+        verdict = "yes" if r.ok else "no"
+        lines.append(
+            f"| {r.label} | {r.paper:.{d}f} | {r.ours:.{d}f} | {r.ours - r.paper:+.{d}f} | "
+            f"{verdict} (±{r.tolerance:g}) | {r.source} |"
+        )
+    if table.notes:
+        lines += ["", table.notes]
+    return "\n".join(lines)
+
+
+def to_json(table: Table, results: list[Result], *, quick: bool) -> dict:
+    return {
+        "table": table.name,
+        "title": table.title,
+        "unit": table.unit,
+        "quick": quick,
+        "rows": [
+            {
+                "label": r.label,
+                "paper": r.paper,
+                "ours": r.ours,
+                "tolerance": r.tolerance,
+                "within": r.ok,
+                "source": r.source,
+                "error": r.error,
+                "seconds": round(r.seconds, 3),
+                "cached": r.cached,
+            }
+            for r in results
+        ],
+    }
