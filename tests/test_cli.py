@@ -42,7 +42,7 @@ def test_every_config_runs_one_batch(config, fake_torchvision_root):
         args += ["--data.init_args.root", str(fake_torchvision_root), "--data.init_args.batch_size", "4"]
     cli = main(args)
     assert cli.trainer.state.finished
-    assert "test/acc" in cli.trainer.callback_metrics  # fit ends with a test of the model
+    assert any(k.startswith("test/") for k in cli.trainer.callback_metrics)  # fit ends with a test
 
 
 def fit(args, tmp_path, run=True, subcommand="fit"):

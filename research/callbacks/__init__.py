@@ -1,5 +1,9 @@
 """Lightning callbacks that plug into any task from the YAML (trainer.callbacks)."""
 
+from research.callbacks.adversarial_examples import AdversarialExamples
+from research.callbacks.adversarial_training import AdversarialTraining
+from research.callbacks.mae_reconstructions import MAEReconstructions
 from research.callbacks.rng_state import RNGState
+from research.callbacks.robust_evaluation import RobustEvaluation
 
-__all__ = ["RNGState"]
+__all__ = ["AdversarialExamples", "AdversarialTraining", "MAEReconstructions", "RNGState", "RobustEvaluation"]

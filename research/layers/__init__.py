@@ -16,6 +16,13 @@ from research.layers.drop_path import DropPath, drop_path
 from research.layers.mlp import Mlp
 from research.layers.patch_embed import PatchEmbed, patchify, unpatchify
 from research.layers.pos_embed import resample_pos_embed, sincos_pos_embed_1d, sincos_pos_embed_2d
+from research.layers.window import (
+    WindowAttention,
+    cyclic_shift_mask,
+    relative_position_index,
+    window_partition,
+    window_reverse,
+)
 
 __all__ = [
     "Attention",
@@ -23,11 +30,16 @@ __all__ = [
     "DropPath",
     "Mlp",
     "PatchEmbed",
+    "WindowAttention",
+    "cyclic_shift_mask",
     "drop_path",
     "merge_masks",
     "patchify",
+    "relative_position_index",
     "resample_pos_embed",
     "sincos_pos_embed_1d",
     "sincos_pos_embed_2d",
     "unpatchify",
+    "window_partition",
+    "window_reverse",
 ]

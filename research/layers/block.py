@@ -1,8 +1,10 @@
-"""Pre-norm transformer block (ViT paper, Eq. 2-3; Xiong et al. 2020, arXiv 2002.04745).
+"""Transformer block, pre-norm (ViT paper, Eq. 2-3; Xiong et al. 2020, arXiv 2002.04745) or post-norm.
 
 Pre-norm (LayerNorm inside the residual branch) trains without learning-rate warm-up tricks and is
-what ViT, MAE and timm use. With ``cross_attention=True`` the block becomes a decoder layer of the
-seq2seq Transformer: self-attention, then cross-attention to the encoder output, then the MLP.
+what ViT, MAE and timm use. Post-norm (``norm_first=False``: LayerNorm after each residual sum) is
+the original Transformer's (Vaswani et al. 2017, Sec. 3.1) and BERT's. With
+``cross_attention=True`` the block becomes a decoder layer of the seq2seq Transformer:
+self-attention, then cross-attention to the encoder output, then the MLP.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from research.layers.mlp import Mlp
 class Block(nn.Module):
     """Pre-norm block: x += attn(norm1(x)); [x += cross_attn(norm_cross(x), context);] x += mlp(norm2(x)).
 
-    Each residual branch goes through drop path (stochastic depth).
+    With ``norm_first=False``, post-norm: x = norm1(x + attn(x)); [x = norm_cross(x + cross_attn(x,
+    context));] x = norm2(x + mlp(x)). Each residual branch goes through drop path (stochastic depth).
 
     Submodule names are timm's (``norm1``, ``attn``, ``norm2``, ``mlp``), so a timm ViT block's
     weights load by name.
@@ -33,6 +36,7 @@ class Block(nn.Module):
         norm_layer: normalisation class, called as ``norm_layer(dim)``.
         act_layer: MLP activation class.
         cross_attention: add ``norm_cross`` and ``cross_attn`` between self-attention and MLP.
+        norm_first: pre-norm (True) or post-norm (False).
 
     """
 
@@ -49,8 +53,10 @@ class Block(nn.Module):
         norm_layer: type[nn.Module] = nn.LayerNorm,
         act_layer: type[nn.Module] = nn.GELU,
         cross_attention: bool = False,
+        norm_first: bool = True,
     ) -> None:
         super().__init__()
+        self.norm_first = norm_first
         attn_args = dict(qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         self.norm1 = norm_layer(dim)
         self.attn = Attention(dim, num_heads, **attn_args)
@@ -94,6 +100,12 @@ class Block(nn.Module):
                 else "context given to a block without cross-attention; build it with cross_attention=True"
             )
         masks = dict(attn_mask=attn_mask, key_padding_mask=key_padding_mask, is_causal=is_causal)
+        if not self.norm_first:
+            x = self.norm1(x + self.drop_path(self.attn(x, **masks)))
+            if self.cross_attention:
+                cross = self.cross_attn(x, context, key_padding_mask=context_padding_mask)
+                x = self.norm_cross(x + self.drop_path(cross))
+            return self.norm2(x + self.drop_path(self.mlp(x)))
         x = x + self.drop_path(self.attn(self.norm1(x), **masks))
         if self.cross_attention:
             x = x + self.drop_path(

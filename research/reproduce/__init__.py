@@ -4,9 +4,9 @@ Each table is data (research/reproduce/<table>.py): the paper's rows with their 
 and a tolerance, and how ours is measured. Every paper number the code claims to match lives here.
 """
 
-from research.reproduce import complexity
+from research.reproduce import batchnorm, complexity
 from research.reproduce.table import Result, Row, Table, run_table, to_markdown
 
-TABLES: dict[str, Table] = {t.name: t for t in (complexity.TABLE,)}
+TABLES: dict[str, Table] = {t.name: t for t in (complexity.TABLE, batchnorm.TABLE)}
 
 __all__ = ["TABLES", "Result", "Row", "Table", "run_table", "to_markdown"]

@@ -15,6 +15,14 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
+
+
+class Measured(NamedTuple):
+    """A measurement over several runs (seeds): their mean and standard deviation."""
+
+    value: float
+    spread: float
 
 
 @dataclass(frozen=True)
@@ -27,7 +35,8 @@ class Row:
         tolerance: largest |ours - paper| that still counts as reproduced, in the same unit
             (papers round: 1.8 G means 1.75-1.85 G).
         source: where the number is printed, e.g. "He et al. 2016, Table 1".
-        measure: returns ours; gets ``quick`` (tiny settings, for the test suite).
+        measure: returns ours, a float or a :class:`Measured` mean ± spread; gets ``quick`` (tiny
+            settings, for the test suite).
         key: everything the measurement depends on, for the cache (a config and its overrides).
         model: the registered model the row measures, if any.
     """
@@ -36,7 +45,7 @@ class Row:
     paper: float
     tolerance: float
     source: str
-    measure: Callable[[bool], float]
+    measure: Callable[[bool], float | Measured]
     key: str = ""
     model: str | None = None
 
@@ -59,6 +68,7 @@ class Result:
     tolerance: float
     source: str
     ours: float | None = None
+    spread: float | None = None
     error: str | None = None
     seconds: float = 0.0
     cached: bool = False
@@ -81,18 +91,23 @@ def run_table(table: Table, *, quick: bool = False, out: Path | None = None) -> 
         result = Result(row.label, row.paper, row.tolerance, row.source)
         cache = _cache_path(out, table, row, quick) if out is not None and table.cache else None
         if cache is not None and cache.exists():
-            result.ours, result.seconds, result.cached = json.loads(cache.read_text())["ours"], 0.0, True
+            saved = json.loads(cache.read_text())
+            result.ours, result.spread, result.cached = saved["ours"], saved.get("spread"), True
         else:
             start = time.perf_counter()
             try:
-                result.ours = float(row.measure(quick))
+                measured = row.measure(quick)
+                if isinstance(measured, Measured):
+                    result.ours, result.spread = float(measured.value), float(measured.spread)
+                else:
+                    result.ours = float(measured)
             except Exception as err:  # a failed run is reported in the table, never dropped
                 result.error = f"{type(err).__name__}: {err}".splitlines()[0][:200]
                 result.extra["traceback"] = traceback.format_exc()
             result.seconds = time.perf_counter() - start
             if cache is not None and result.error is None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                cache.write_text(json.dumps({"ours": result.ours, "seconds": result.seconds}))
+                cache.write_text(json.dumps({"ours": result.ours, "spread": result.spread, "seconds": result.seconds}))
         results.append(result)
     return results
 
@@ -109,8 +124,9 @@ def to_markdown(table: Table, results: list[Result], *, quick: bool = False) -> 
             lines.append(f"| {r.label} | {r.paper:.{d}f} | failed: {r.error} | | no | {r.source} |")
             continue
         verdict = "yes" if r.ok else "no"
+        ours = f"{r.ours:.{d}f}" + (f" ± {r.spread:.{d}f}" if r.spread is not None else "")
         lines.append(
-            f"| {r.label} | {r.paper:.{d}f} | {r.ours:.{d}f} | {r.ours - r.paper:+.{d}f} | "
+            f"| {r.label} | {r.paper:.{d}f} | {ours} | {r.ours - r.paper:+.{d}f} | "
             f"{verdict} (±{r.tolerance:g}) | {r.source} |"
         )
     if table.notes:
@@ -129,6 +145,7 @@ def to_json(table: Table, results: list[Result], *, quick: bool) -> dict:
                 "label": r.label,
                 "paper": r.paper,
                 "ours": r.ours,
+                "spread": r.spread,
                 "tolerance": r.tolerance,
                 "within": r.ok,
                 "source": r.source,

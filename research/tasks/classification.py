@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -16,7 +17,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from research.models import build_model
+from research.models import build_model, import_weights
 from research.models.weights import check_fits
 from research.tasks.optim import OptimizerName, build_optimizer, warmup_cosine
 
@@ -43,6 +44,15 @@ class ImageClassification(L.LightningModule):
         warmup_epochs: linear warm-up length in epochs (may be fractional).
         min_lr_ratio: the cosine schedule decays to ``lr * min_lr_ratio``.
         schedule: "cosine" (per-step, after warm-up) or "constant".
+        pretrained: path of a checkpoint whose weights initialise the model, read through
+            :func:`~research.models.import_weights` when the task is built: e.g. an MAE
+            pre-training checkpoint, whose encoder loads into a ViT (position embeddings resampled
+            for another image size; the classifier head stays freshly initialised). A checkpoint of
+            this task (resume, ``--ckpt_path``) is restored over it.
+        linear_probe: freeze the model and train only a new head on its pooled features
+            (``forward_head(..., pre_logits=True)``): BatchNorm without affine parameters, then a
+            linear layer, as MAE's linear probing (He et al. 2022, App. A.2). The frozen model stays
+            in eval mode (no dropout, drop path or BatchNorm updates); its own head is unused.
     """
 
     #: metric and mode that ModelCheckpoint uses to keep the best checkpoint.
@@ -66,6 +76,8 @@ class ImageClassification(L.LightningModule):
         warmup_epochs: float = 0.0,
         min_lr_ratio: float = 0.0,
         schedule: str = "cosine",
+        pretrained: str | None = None,
+        linear_probe: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
@@ -73,6 +85,9 @@ class ImageClassification(L.LightningModule):
         self.num_classes = num_classes or getattr(self.model, "num_classes", None)
         if not self.num_classes:
             raise ValueError("cannot tell the number of classes: pass num_classes to the task")
+        if pretrained is not None:
+            self._load_pretrained(Path(pretrained))
+        self.probe = self._linear_probe_head() if linear_probe else None
         if schedule not in ("cosine", "constant"):
             raise ValueError(f"unknown schedule {schedule!r}; choose 'cosine' or 'constant'")
         if (mean is None) != (std is None):
@@ -109,6 +124,50 @@ class ImageClassification(L.LightningModule):
             metrics("test/"),
         )
 
+    def _load_pretrained(self, path: Path) -> None:
+        """Initialise the model from ``path``; a checkpoint that does not fit stops here, before training."""
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"pretrained checkpoint {str(path)!r} not found; run the pre-training first "
+                "(e.g. configs/mae/*_pretrain.yaml writes checkpoints/<experiment>/last.ckpt) or fix the path"
+            )
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            layout = import_weights(self.model, checkpoint)
+        except ValueError as err:
+            raise ValueError(f"cannot initialise {self._model_description()} from {str(path)!r}: {err}") from err
+        log.info("initialised the model from %s (%s layout)", path, layout)
+
+    def _linear_probe_head(self) -> nn.Sequential:
+        """Freeze the model and build MAE's probe head (App. A.2) on its pooled features."""
+        num_features = getattr(self.model, "num_features", None)
+        if num_features is None or not hasattr(self.model, "forward_features"):
+            raise ValueError(
+                f"linear_probe needs a model with forward_features/forward_head and num_features "
+                f"(ViT, ResNet, ...); {type(self.model).__name__} has not"
+            )
+        self.model.requires_grad_(False)
+        self.model.eval()  # and train() keeps it so: Lightning starts fitting in the modes it finds
+        # "an extra BatchNorm layer without affine transformation" normalises the features' scales,
+        # which differ a lot between pre-trained encoders (App. A.2); eps as in the official code.
+        norm = nn.BatchNorm1d(num_features, affine=False, eps=1e-6)
+        head = nn.Linear(num_features, self.num_classes)
+        nn.init.trunc_normal_(head.weight, std=0.01)  # the official linear probe's head init
+        nn.init.zeros_(head.bias)
+        return nn.Sequential(norm, head)
+
+    def train(self, mode: bool = True) -> ImageClassification:
+        """Set train/eval mode; a linear probe's frozen model stays in eval mode."""
+        super().train(mode)
+        if self.probe is not None:
+            self.model.eval()
+        return self
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.probe is None:
+            return self.model(x)
+        return self.probe(self.model.forward_head(self.model.forward_features(x), pre_logits=True))
+
     def _set_normalization(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
         shape = (-1, 1, 1)
         empty = torch.zeros(0)
@@ -130,7 +189,7 @@ class ImageClassification(L.LightningModule):
         """
         if self.mean.numel():
             x = (x - self.mean) / self.std
-        return self.model(x)
+        return self._logits(x)
 
     def setup(self, stage: str) -> None:
         """Check the model against the datamodule before any step runs; adopt its mean/std."""
@@ -156,10 +215,10 @@ class ImageClassification(L.LightningModule):
         h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
         if self.mean.numel() and self.mean.numel() != in_chans:
             raise ValueError(f"mean/std have {self.mean.numel()} channels but the images have {in_chans}")
-        training = [m.training for m in self.model.modules()]
-        self.model.eval()  # no BatchNorm statistics move
+        training = [m.training for m in self.modules()]
+        self.eval()  # no BatchNorm statistics move (the model's or a linear probe's)
         try:
-            out = self.model(torch.zeros(1, in_chans, h, w, device=self.device))
+            out = self._logits(torch.zeros(1, in_chans, h, w, device=self.device))
         except (ValueError, RuntimeError) as err:
             raise ValueError(
                 f"the model cannot take this data's images (shape (B, {in_chans}, {h}, {w})): {err}\n"
@@ -167,7 +226,7 @@ class ImageClassification(L.LightningModule):
                 "(data in_chans/img_size)."
             ) from err
         finally:
-            for m, t in zip(self.model.modules(), training):
+            for m, t in zip(self.modules(), training):
                 m.train(t)
         if out.ndim != 2 or out.shape[-1] != self.num_classes:
             raise ValueError(
@@ -179,6 +238,11 @@ class ImageClassification(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["model_description"] = self._model_description()
+        hparams = checkpoint.get("hyper_parameters", {})
+        if hparams.get("pretrained") is not None:
+            # The checkpoint holds all weights: rebuilding the task from it must not need the file
+            # the run started from (which may be gone), so that path is kept only as a record.
+            checkpoint["pretrained_from"], hparams["pretrained"] = hparams["pretrained"], None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A checkpoint of another model stops here with a readable message, before torch's strict load."""
@@ -230,7 +294,7 @@ class ImageClassification(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = build_optimizer(
-            self.model,
+            self.model if self.probe is None else self.probe,  # a probe's model is frozen
             hp.optimizer,
             lr=hp.lr,
             weight_decay=hp.weight_decay,

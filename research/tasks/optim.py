@@ -21,7 +21,8 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        skip = p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "mask_token"))
+        # Swin's relative position bias tables are position embeddings too (not decayed in the official recipe)
+        skip = p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "mask_token", "relative_position_bias_table"))
         (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -62,5 +63,27 @@ def warmup_cosine(
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def warmup_linear(
+    optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from 0 to the base LR over ``warmup_steps``, then linear decay to ``min_lr_ratio``.
+
+    BERT's schedule (Devlin et al. 2019, App. A.2: "learning rate warmup over the first 10,000
+    steps, and linear decay of the learning rate"), stepped once per optimizer step; the LR reaches
+    ``lr * min_lr_ratio`` at ``total_steps`` and stays there.
+    """
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    warmup_steps = min(warmup_steps, total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 1.0 - (1.0 - min_lr_ratio) * progress
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

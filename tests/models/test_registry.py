@@ -7,8 +7,12 @@ from research.models import build_model, create_model, list_models
 TINY = {
     "resnet": dict(num_classes=3, in_chans=2),
     "vit": dict(num_classes=3, in_chans=2, img_size=16, patch_size=4, embed_dim=24, depth=2, num_heads=2),
+    "madry": dict(num_classes=3, in_chans=2, img_size=16),
+    "five": dict(num_classes=3, in_chans=2, img_size=16),
+    "swin": dict(num_classes=3, in_chans=2, img_size=16, patch_size=2, embed_dim=8, depths=(2, 2), num_heads=(1, 2),
+                 window_size=4),
 }
-SIZE = {"resnet": 32, "vit": 16}
+SIZE = {"resnet": 32, "vit": 16, "madry": 16, "five": 16, "swin": 16}
 
 
 def family(name: str) -> str:
@@ -27,6 +31,10 @@ def test_registry_lists_the_paper_variants():
 # Deeper ResNets only repeat the blocks of these three (test_resnet.py counts their parameters);
 # every ViT name is shrunk to the same tiny width by the overrides.
 CONTRACT = [n for n in list_models() if n.startswith("vit_") or n in ("resnet18", "resnet50", "resnet20")]
+CONTRACT += ["madry_mnist_cnn", "five_layer_cnn"]
+CONTRACT += list_models("swin_*")  # every Swin name, shrunk to two tiny stages by the overrides
+# mae_* are left out: not classifiers (they return predicted patches and a mask, no logits or
+# forward_head); tests/models/test_mae.py holds their forward/backward/every-gradient contract.
 
 
 @pytest.mark.parametrize("name", CONTRACT)

@@ -102,3 +102,35 @@ def test_bad_arguments():
         ImageClassification(TINY, schedule="step")
     with pytest.raises(ValueError, match="both mean and std"):
         ImageClassification(TINY, mean=(0.5,))
+
+
+def test_pretrained_weights_initialise_the_model(tmp_path):
+    source = ImageClassification(TINY)
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "source.ckpt")  # a checkpoint of this task
+    task = ImageClassification(TINY, pretrained=str(tmp_path / "source.ckpt"))
+    for k, v in source.model.state_dict().items():
+        assert torch.equal(task.model.state_dict()[k], v), k
+    with pytest.raises(FileNotFoundError, match="pretrained checkpoint .*nowhere.ckpt' not found"):
+        ImageClassification(TINY, pretrained=str(tmp_path / "nowhere.ckpt"))
+    with pytest.raises(ValueError, match="cannot initialise .*resnet32.* from .*source.ckpt"):
+        ImageClassification({**TINY, "name": "resnet32"}, pretrained=str(tmp_path / "source.ckpt"))
+
+
+def test_linear_probe_trains_only_a_batchnorm_linear_head_on_a_frozen_model():
+    task = ImageClassification(TINY, linear_probe=True, optimizer="sgd", lr=0.1, weight_decay=0.0)
+    norm, head = task.probe
+    assert isinstance(norm, nn.BatchNorm1d) and not norm.affine and head.in_features == task.model.num_features
+    frozen = {k: v.clone() for k, v in task.model.state_dict().items()}  # BatchNorm statistics included
+    assert not any(p.requires_grad for p in task.model.parameters())  # no backward through the model
+    t = trainer(max_steps=3, limit_val_batches=1)
+    t.fit(task, datamodule=synthetic())
+    trained = {id(p) for g in t.optimizers[0].param_groups for p in g["params"]}
+    assert trained == {id(p) for p in task.probe.parameters()}
+    for k, v in task.model.state_dict().items():
+        assert torch.equal(v, frozen[k]), k
+    assert norm.num_batches_tracked == 3  # the probe's own BatchNorm learns the feature statistics
+    task.train()
+    assert not any(m.training for m in task.model.modules()) and task.probe.training
+    x = torch.rand(2, 3, 16, 16)
+    features = task.model.forward_head(task.model.forward_features((x - task.mean) / task.std), pre_logits=True)
+    torch.testing.assert_close(task.eval()(x), task.probe(features))

@@ -1,0 +1,108 @@
+"""What the attack callbacks need from a task's batches: (images in [0, 1], integer labels), and a few of them kept.
+
+The three attack callbacks (:mod:`~research.callbacks.adversarial_training`,
+:mod:`~research.callbacks.robust_evaluation`, :mod:`~research.callbacks.adversarial_examples`)
+work on any task whose batches are ``(images, labels, ...)``: float images (B, C, H, W) in
+[0, 1] (ARCHITECTURE.md: a task normalises them itself, so epsilon is in pixel units) and
+integer class labels (B,). Anything else stops with a message that names the callback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def image_batch(batch: Any, *, owner: str, check_range: bool = True) -> tuple[Tensor, Tensor]:
+    """The (images, labels) of a batch, or a ValueError that says what ``owner`` expects.
+
+    Args:
+        batch: what the task's dataloader yields.
+        owner: the callback's name, for the message.
+        check_range: also check that the pixel values lie in [0, 1] (a device sync on GPU, so
+            callers do it once, on the first batch).
+
+    Returns:
+        The batch's own image tensor (B, C, H, W) and label tensor (B,), not copies.
+
+    Raises:
+        ValueError: a batch that is not (float images in [0, 1], integer labels).
+    """
+    expects = (
+        f"{owner} expects batches of (images, labels): float images (B, C, H, W) in [0, 1] and integer "
+        "class labels (B,), as the datamodules in research.data yield them"
+    )
+    if not isinstance(batch, list | tuple) or len(batch) < 2:
+        raise ValueError(f"{expects}; got a batch of type {type(batch).__name__}. Use it with an image task only.")
+    x, y = batch[0], batch[1]
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim != 4:
+        got = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{expects}; the first item is a {got}. Use it with an image task only.")
+    if not isinstance(y, Tensor) or y.is_floating_point() or y.is_complex() or tuple(y.shape) != (len(x),):
+        got = f"{y.dtype} tensor of shape {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"{expects}; the labels are a {got} (soft or per-pixel labels cannot be attacked).")
+    if check_range and x.numel():
+        low, high = x.min().item(), x.max().item()
+        if low < 0 or high > 1:
+            raise ValueError(
+                f"{expects}; the images span [{low:.3g}, {high:.3g}]. Leave normalisation to the task "
+                "(its forward), so that eps is in pixel units and clamping to [0, 1] is right."
+            )
+    return x, y
+
+
+class FixedSubset:
+    """A fixed random sample of ``count`` examples from the first pass over an evaluation loader.
+
+    Reservoir sampling (Vitter 1985, Algorithm R) with a seeded generator: every example of the
+    pass is equally likely to be kept, without knowing the loader's length in advance, and the
+    same loader order and seed give the same subset. Not simply the first ``count`` examples:
+    some splits come ordered by class (the embedded MNIST digits do), and their first examples
+    would all be zeros. :meth:`close` ends the pass; from then on the subset never changes, so
+    every epoch is measured on the same images. ``count`` is per process: under DDP each rank
+    samples its own shard.
+
+    Args:
+        count: how many examples to keep (all of them if the pass has fewer).
+        owner: the callback's name, for error messages.
+        seed: seed of the sampling.
+    """
+
+    def __init__(self, *, count: int, owner: str, seed: int = 0):
+        self.count, self.owner = count, owner
+        self._generator = torch.Generator().manual_seed(seed)
+        self._kept: list[tuple[int, Tensor, Tensor]] = []  # (position in the pass, image, label)
+        self._seen = 0
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def close(self) -> None:
+        """End the first pass (call it at the end of the first evaluation epoch)."""
+        self.closed = True
+
+    def add(self, batch: Any) -> None:
+        """Offer the batch's examples to the sample; a no-op once closed."""
+        if self.closed:
+            return
+        x, y = image_batch(batch, owner=self.owner, check_range=self._seen == 0)
+        positions = torch.arange(self._seen, self._seen + len(y))
+        # Algorithm R: the t-th example (from 0) replaces a uniform slot in [0, t] when that slot is kept.
+        slots = (torch.rand(len(y), generator=self._generator) * (positions + 1)).long()
+        for i, (position, slot) in enumerate(zip(positions.tolist(), slots.tolist())):
+            if position < self.count:
+                self._kept.append((position, x[i].detach().clone(), y[i].detach().clone()))
+            elif slot < self.count:
+                self._kept[slot] = (position, x[i].detach().clone(), y[i].detach().clone())
+        self._seen += len(y)
+
+    def tensors(self) -> tuple[Tensor, Tensor]:
+        """(N, C, H, W) images and (N,) labels in loader order, as normal tensors (cloned outside inference mode)."""
+        if not self._kept:
+            raise ValueError(f"{self.owner}: the loader yielded no examples to attack")
+        kept = sorted(self._kept, key=lambda item: item[0])
+        with torch.inference_mode(False):
+            return torch.stack([x for _, x, _ in kept]).clone(), torch.stack([y for _, _, y in kept]).clone()

@@ -1,0 +1,163 @@
+"""Accuracy under FGSM and PGD-k on a fixed subset, at the end of every validation and test epoch."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+
+from research.attacks import fgsm, pgd
+from research.callbacks._batch import FixedSubset
+
+OWNER = "RobustEvaluation"
+Stage = Literal["val", "test"]
+
+
+class RobustEvaluation(Callback):
+    """Log ``{val,test}/robust_acc_fgsm``, ``{val,test}/robust_acc_pgd`` and ``{val,test}/subset_clean_acc``.
+
+    The subset: ``num_samples`` examples drawn at random (seeded,
+    :class:`~research.callbacks._batch.FixedSubset`) from the first validation (test) epoch,
+    the sanity check not counted, then kept, so every epoch attacks the same images;
+    ``subset_clean_acc`` is the clean accuracy on those very images.
+    Under DDP each rank draws ``ceil(num_samples / world_size)`` examples of its own shard and
+    the counts are summed over ranks before logging.
+
+    The attacks run on the LightningModule in eval mode (:func:`research.attacks.pgd`: running
+    statistics untouched) under the precision plugin's validation (test) autocast. Lightning
+    runs evaluation under ``torch.inference_mode`` by default; the attacks leave it (the kept
+    images are cloned outside it and :func:`~research.attacks.pgd` switches inference mode off
+    and gradients on), so the default ``Trainer(inference_mode=True)`` works. A model that made
+    a tensor inside inference mode (a cache filled by its first forward in ``trainer.validate``,
+    say) cannot be differentiated through: the run then stops with a message asking for
+    ``trainer.inference_mode: false``.
+
+    Args:
+        eps: radius of the threat model, pixel units.
+        num_samples: size of the fixed subset.
+        pgd_steps: PGD iterations.
+        pgd_step_size: PGD step; default 2.5 * eps / pgd_steps (the robustness library's rule of thumb).
+        norm: threat model of PGD, "linf" or "l2". FGSM is L-inf by definition and is only run
+            (and logged) with "linf".
+        restarts: random restarts of PGD; each example keeps its worst case.
+        batch_size: examples per attack batch.
+        every_n_epochs: attack at the end of every n-th validation epoch (tests always).
+
+    Raises:
+        ValueError: an option out of range; during the run, a task whose batches are not
+            (images in [0, 1], integer labels), or a model that needs ``inference_mode: false``.
+    """
+
+    def __init__(
+        self,
+        *,
+        eps: float,
+        num_samples: int = 1000,
+        pgd_steps: int = 10,
+        pgd_step_size: float | None = None,
+        norm: Literal["linf", "l2"] = "linf",
+        restarts: int = 1,
+        batch_size: int = 256,
+        every_n_epochs: int = 1,
+    ) -> None:
+        if not eps > 0:
+            raise ValueError(f"{OWNER}: eps must be > 0 (pixel units, images in [0, 1]), got {eps}")
+        if norm not in ("linf", "l2"):
+            raise ValueError(f"{OWNER}: unknown norm {norm!r}; choose 'linf' or 'l2'")
+        for name, value in (
+            ("num_samples", num_samples),
+            ("pgd_steps", pgd_steps),
+            ("restarts", restarts),
+            ("batch_size", batch_size),
+            ("every_n_epochs", every_n_epochs),
+        ):
+            if value < 1:
+                raise ValueError(f"{OWNER}: {name} must be >= 1, got {value}")
+        if pgd_step_size is not None and not pgd_step_size > 0:
+            raise ValueError(f"{OWNER}: pgd_step_size must be > 0, got {pgd_step_size}")
+        self.eps, self.norm, self.restarts = eps, norm, restarts
+        self.num_samples, self.batch_size, self.every_n_epochs = num_samples, batch_size, every_n_epochs
+        self.pgd_steps = pgd_steps
+        self.pgd_step_size = 2.5 * eps / pgd_steps if pgd_step_size is None else pgd_step_size
+        self._subsets: dict[Stage, FixedSubset] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        per_rank = -(-self.num_samples // trainer.world_size)
+        for name in ("val", "test"):
+            self._subsets.setdefault(name, FixedSubset(count=per_rank, owner=OWNER))
+
+    # -- gathering the subset ----------------------------------------------------------------
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not trainer.sanity_checking and dataloader_idx == 0:
+            self._subsets["val"].add(batch)
+
+    def on_test_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if dataloader_idx == 0:
+            self._subsets["test"].add(batch)
+
+    # -- attacking it ------------------------------------------------------------------------
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._subsets["val"].close()
+        if trainer.current_epoch % self.every_n_epochs == 0 or trainer.state.fn != "fit":
+            self._evaluate(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._subsets["test"].close()
+        self._evaluate(trainer, pl_module, "test")
+
+    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: Stage) -> None:
+        images, labels = self._subsets[stage].tensors()
+        images, labels = images.to(pl_module.device), labels.to(pl_module.device)
+        plugin = trainer.precision_plugin
+        counts = torch.zeros(4, device=pl_module.device)  # examples, then correct: clean, fgsm, pgd
+        for x, y in zip(images.split(self.batch_size), labels.split(self.batch_size)):
+            with plugin.val_step_context() if stage == "val" else plugin.test_step_context():
+                counts += torch.stack([counts.new_tensor(float(len(y))), *self._correct(pl_module, x, y)])
+        counts = trainer.strategy.reduce(counts, reduce_op="sum")  # every rank logs the same numbers
+        accuracies = {"subset_clean_acc": counts[1], "robust_acc_pgd": counts[3]}
+        if self.norm == "linf":
+            accuracies["robust_acc_fgsm"] = counts[2]
+        for name, correct in accuracies.items():
+            pl_module.log(f"{stage}/{name}", correct / counts[0], sync_dist=True)
+
+    def _correct(self, pl_module: L.LightningModule, x: Tensor, y: Tensor) -> list[Tensor]:
+        """Correct predictions on x: clean, under FGSM (0 when not run), under PGD."""
+        try:
+            x_fgsm = fgsm(pl_module, x, y, eps=self.eps) if self.norm == "linf" else None
+            x_pgd = pgd(
+                pl_module,
+                x,
+                y,
+                eps=self.eps,
+                step_size=self.pgd_step_size,
+                steps=self.pgd_steps,
+                norm=self.norm,
+                restarts=self.restarts,
+            )
+        except RuntimeError as err:
+            if "Inference tensors" not in str(err):
+                raise
+            raise ValueError(
+                f"{OWNER}: the model holds a tensor made inside torch.inference_mode (a cache built during "
+                "evaluation, say), and attacks cannot differentiate through it. Set trainer.inference_mode: "
+                "false in the config (Trainer(inference_mode=False)); validation then runs under no_grad."
+            ) from err
+        with torch.no_grad():
+            return [
+                (pl_module(x).argmax(-1) == y).sum().float(),
+                (pl_module(x_fgsm).argmax(-1) == y).sum().float() if x_fgsm is not None else x.new_zeros(()),
+                (pl_module(x_pgd).argmax(-1) == y).sum().float(),
+            ]

@@ -1,0 +1,285 @@
+"""Masked language modelling, BERT's pre-training objective (Devlin et al. 2019, arXiv 1810.04805, Sec. 3.1).
+
+The task owns the loss (cross-entropy over the selected tokens only, labels -100 elsewhere; plus
+the next-sentence loss when the data has pairs for it), the metrics (loss, perplexity = exp of the
+per-token loss, masked-token accuracy, and the unigram baseline that accuracy must beat) and BERT's
+optimizer (App. A.2: AdamW, lr 1e-4, betas (0.9, 0.999), weight decay 0.01, linear warm-up over
+10,000 steps, then linear decay). The masking itself happens in the data
+(:class:`~research.data.MLMCollator`).
+
+The model is a registered BERT (``{"name": "bert_tiny"}``) or any module with ``forward_features``,
+``mlm_logits``, ``vocab_size`` and ``max_positions``. A spec without ``vocab_size`` takes the
+datamodule tokenizer's when the Trainer starts (a trained WordPiece vocabulary may end below the
+requested size), and the spec saved in checkpoints records it.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, Metric
+from torchmetrics.classification import MulticlassAccuracy
+
+from research.data.mlm import IGNORE_INDEX
+from research.models import build_model
+from research.models.weights import check_fits
+from research.tasks.optim import build_optimizer, warmup_linear
+
+_MODEL_API = ("forward_features", "mlm_logits", "vocab_size", "max_positions")
+
+
+class MostFrequentTokenAccuracy(Metric):
+    """The unigram baseline: accuracy of always predicting the most frequent target token.
+
+    The most frequent token is the one among the evaluated targets themselves (an upper bound on
+    any context-free guess), so a masked-token accuracy above it shows the model uses context.
+
+    Args:
+        num_classes: vocabulary size.
+
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.add_state("counts", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, target: Tensor) -> None:
+        """Count target ids (any shape; :data:`IGNORE_INDEX` entries are skipped)."""
+        target = target[target != IGNORE_INDEX]
+        self.counts += torch.bincount(target.flatten(), minlength=self.num_classes)
+
+    def compute(self) -> Tensor:
+        return self.counts.max().float() / self.counts.sum().clamp(min=1)
+
+
+class MaskedLanguageModelling(L.LightningModule):
+    """Pre-train a BERT-style encoder by predicting masked tokens (and, optionally, the next sentence).
+
+    Batches come from :class:`~research.data.MaskedLMDataModule`. Logged: ``train/loss`` (MLM,
+    plus NSP when present), ``train/ppl``, ``train/acc`` per step; ``val/`` and ``test/`` ``loss``,
+    ``ppl`` (exp of the per-token MLM loss), ``acc`` (masked-token accuracy: top-1 over the
+    selected positions) and ``unigram_acc`` (:class:`MostFrequentTokenAccuracy`) per epoch, and
+    ``nsp_loss``, ``nsp_acc`` with next-sentence prediction.
+
+    Args:
+        model: a registered BERT as ``{"name": "bert_tiny"}`` (``vocab_size`` then comes from the
+            datamodule) or ``{"name": "bert_tiny", "vocab_size": 8000}``, or an ``nn.Module`` with
+            ``forward_features``, ``mlm_logits``, ``vocab_size`` and ``max_positions``.
+        lr: peak learning rate (BERT: 1e-4).
+        weight_decay: AdamW decoupled weight decay (0.01); biases and norms get none.
+        betas: AdamW betas (0.9, 0.999).
+        warmup_steps: linear warm-up length in optimizer steps (BERT: 10,000 of 1,000,000).
+        min_lr_ratio: the linear decay ends at ``lr * min_lr_ratio`` (BERT: 0).
+
+    """
+
+    #: metric and mode that ModelCheckpoint uses to keep the best checkpoint.
+    checkpoint_monitor = ("val/loss", "min")
+
+    def __init__(
+        self,
+        model: nn.Module | dict | str,
+        *,
+        lr: float = 1e-4,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 10_000,
+        min_lr_ratio: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
+        if warmup_steps < 0 or not 0 <= min_lr_ratio <= 1:
+            raise ValueError(f"need warmup_steps >= 0 and 0 <= min_lr_ratio <= 1, got {warmup_steps}, {min_lr_ratio}")
+        self.model: nn.Module | None = None
+        if isinstance(model, nn.Module) or (isinstance(model, dict) and "vocab_size" in model):
+            self._build(model)
+
+    def _build(self, spec: nn.Module | dict | str) -> None:
+        model = build_model(spec)
+        missing = [a for a in _MODEL_API if not hasattr(model, a)]
+        if missing:
+            raise ValueError(
+                f"MaskedLanguageModelling needs a BERT-style model (e.g. bert_tiny); {type(model).__name__} "
+                f"lacks {missing}"
+            )
+        self.model = model
+        vocab = model.vocab_size
+        self.nsp = getattr(model, "next_sentence", None) is not None
+
+        def metrics() -> nn.ModuleDict:
+            stage = {
+                "loss": MeanMetric(),
+                # the task feeds only selected positions; ignore_index guards any -100 that slips in
+                "acc": MulticlassAccuracy(vocab, average="micro", ignore_index=IGNORE_INDEX),
+                "unigram_acc": MostFrequentTokenAccuracy(vocab),
+            }
+            if self.nsp:
+                stage |= {"nsp_loss": MeanMetric(), "nsp_acc": MeanMetric()}
+            return nn.ModuleDict(stage)
+
+        self.eval_metrics = nn.ModuleDict({"val": metrics(), "test": metrics()})
+
+    def _datamodule(self):
+        return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+
+    def configure_model(self) -> None:
+        """Build the model now if its vocabulary size had to come from the datamodule; check it against the data."""
+        dm = self._datamodule()
+        if self.model is None:
+            if dm is None or not hasattr(dm, "vocab_size"):
+                raise ValueError(
+                    "the model spec has no vocab_size and there is no text datamodule to take it from; "
+                    "add vocab_size to the model spec"
+                )
+            spec = self.hparams.model
+            spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+            spec["vocab_size"] = dm.vocab_size
+            self.hparams["model"] = spec  # checkpoints record the size, so they load without the data
+            self._build(spec)
+        if dm is not None:
+            self._check_data(dm)
+
+    def _check_data(self, dm) -> None:
+        vocab = getattr(dm, "vocab_size", None)
+        if vocab is not None and vocab != self.model.vocab_size:
+            raise ValueError(
+                f"the model embeds {self.model.vocab_size} tokens but the datamodule's tokenizer has {vocab}. "
+                "A checkpoint only fits the tokenizer it was trained with (the same corpus, vocab_size and "
+                "lowercase, or its vocab file); a new model takes the tokenizer's size when its spec has no vocab_size"
+            )
+        max_length = getattr(dm, "max_length", None)
+        if max_length is not None and max_length > self.model.max_positions:
+            raise ValueError(
+                f"the datamodule makes sequences of up to {max_length} tokens but the model has "
+                f"{self.model.max_positions} positions; lower data max_length or raise the model's max_positions"
+            )
+        if getattr(dm, "next_sentence_prediction", False) and not self.nsp:
+            raise ValueError(
+                "the datamodule labels next sentences but the model has no next-sentence head; add "
+                "next_sentence_head: true to the model spec, or set next_sentence_prediction: false"
+            )
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint of another vocabulary or model stops here with a readable message."""
+        state = checkpoint["state_dict"]
+        embedding = next((v for k, v in state.items() if k.endswith("embeddings.word_embeddings.weight")), None)
+        if embedding is not None and self.model is not None and embedding.shape[0] != self.model.vocab_size:
+            raise ValueError(
+                f"the checkpoint was trained with a vocabulary of {embedding.shape[0]} tokens but this run's "
+                f"model and tokenizer have {self.model.vocab_size}; use the tokenizer it was trained with "
+                "(the same corpus, vocab_size and lowercase, or its vocab file)"
+            )
+        try:
+            check_fits(self, state, "the checkpoint's weights")
+        except ValueError as err:
+            raise ValueError(
+                f"this checkpoint does not hold this run's model {self.hparams.get('model')} ({err}). "
+                "Resume with the config the checkpoint was trained with, or pick another checkpoint."
+            ) from err
+
+    def forward(
+        self, input_ids: Tensor, token_type_ids: Tensor | None = None, padding_mask: Tensor | None = None
+    ) -> Tensor:
+        """MLM logits at every position.
+
+        Args:
+            input_ids: (B, N) token ids.
+            token_type_ids: (B, N) segment ids, or None.
+            padding_mask: bool (B, N), True = padding, or None.
+
+        Returns:
+            (B, N, V).
+
+        """
+        return self.model.mlm_logits(self.model.forward_features(input_ids, token_type_ids, padding_mask))
+
+    def _losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        hidden = self.model.forward_features(batch["input_ids"], batch["token_type_ids"], batch["padding_mask"])
+        selected = batch["labels"] != IGNORE_INDEX
+        targets = batch["labels"][selected]
+        # Only the selected ~15% of positions go through the (H x V) decoder.
+        logits = self.model.mlm_logits(hidden[selected])
+        count = targets.numel()
+        # A batch may select no token at all; its loss is then 0, not NaN.
+        mlm_loss = F.cross_entropy(logits, targets, reduction="sum") / max(count, 1)
+        out = {"mlm_loss": mlm_loss, "loss": mlm_loss, "logits": logits, "targets": targets}
+        if "next_sentence_label" in batch:
+            if not self.nsp:
+                raise ValueError("the batch has next_sentence_label but the model has no next-sentence head")
+            nsp_logits = self.model.next_sentence_logits(hidden)
+            nsp_loss = F.cross_entropy(nsp_logits, batch["next_sentence_label"])
+            out |= {"nsp_loss": nsp_loss, "loss": mlm_loss + nsp_loss}  # BERT sums the two (App. A.2)
+            out["nsp_correct"] = (nsp_logits.argmax(-1) == batch["next_sentence_label"]).float()
+        return out
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out = self._losses(batch)
+        size = len(batch["input_ids"])
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=size)
+        self.log("train/ppl", out["mlm_loss"].detach().exp(), batch_size=size)
+        if out["targets"].numel():
+            accuracy = (out["logits"].detach().argmax(-1) == out["targets"]).float().mean()
+            self.log("train/acc", accuracy, prog_bar=True, batch_size=size)
+        if "nsp_loss" in out:
+            self.log("train/nsp_loss", out["nsp_loss"], batch_size=size)
+        return out["loss"]
+
+    def _eval_step(self, batch: dict[str, Tensor], stage: str) -> None:
+        out = self._losses(batch)
+        metrics = self.eval_metrics[stage]
+        count = out["targets"].numel()
+        if count:
+            metrics["loss"].update(out["mlm_loss"], weight=count)  # a per-token mean over the epoch
+            metrics["acc"].update(out["logits"], out["targets"])
+            metrics["unigram_acc"].update(out["targets"])
+        if "nsp_loss" in out:
+            metrics["nsp_loss"].update(out["nsp_loss"], weight=len(batch["input_ids"]))
+            metrics["nsp_acc"].update(out["nsp_correct"])
+
+    def _log_epoch(self, stage: str) -> None:
+        metrics = self.eval_metrics[stage]
+        if not metrics["loss"].update_called:
+            return
+        mlm_loss = metrics["loss"].compute()
+        values = {
+            "ppl": mlm_loss.exp(),
+            "acc": metrics["acc"].compute(),
+            "unigram_acc": metrics["unigram_acc"].compute(),
+        }
+        loss = mlm_loss
+        if self.nsp and metrics["nsp_loss"].update_called:
+            values |= {"nsp_loss": metrics["nsp_loss"].compute(), "nsp_acc": metrics["nsp_acc"].compute()}
+            loss = mlm_loss + values["nsp_loss"]
+        self.log(f"{stage}/loss", loss, prog_bar=True)
+        for name, value in values.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "acc")
+        for metric in metrics.values():
+            metric.reset()
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = build_optimizer(self.model, "adamw", lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
+        total = self.trainer.estimated_stepping_batches
+        if total == float("inf"):
+            raise ValueError("the linear schedule needs a run length: set trainer.max_epochs or trainer.max_steps")
+        scheduler = warmup_linear(
+            optimizer, warmup_steps=hp.warmup_steps, total_steps=int(total), min_lr_ratio=hp.min_lr_ratio
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
