@@ -276,6 +276,17 @@ class SwinTransformer(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layers for layer-wise lr decay, in timm's format.
+
+        The embedding, then each block (a stage's patch merging goes with its first block), then the final norm.
+        """
+        stem = r"^patch_embed|patch_norm"
+        if coarse:
+            return {"stem": stem, "blocks": r"^layers\.(\d+)"}
+        blocks = [(r"^layers\.(\d+).downsample", (0,)), (r"^layers\.(\d+)\.\w+\.(\d+)", None), (r"^norm", (99999,))]
+        return {"stem": stem, "blocks": blocks}
+
     def forward_features(self, x: Tensor) -> Tensor:
         """Embed the patches and run the four stages.
 

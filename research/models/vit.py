@@ -122,6 +122,11 @@ class VisionTransformer(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layers for layer-wise lr decay, in timm's format: embeddings, each block, then the final norm."""
+        blocks = [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]
+        return {"stem": r"^cls_token|pos_embed|patch_embed", "blocks": blocks}
+
     def forward_features(self, x: Tensor) -> Tensor:
         """Embed the patches and run the transformer.
 

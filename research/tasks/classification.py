@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from research.models import build_model, import_weights
 from research.models.weights import check_fits
-from research.tasks.optim import OptimizerName, build_optimizer, warmup_cosine
+from research.tasks.optim import OptimizerName, build_optimizer, warmup_cosine_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ class ImageClassification(L.LightningModule):
             (``forward_head(..., pre_logits=True)``): BatchNorm without affine parameters, then a
             linear layer, as MAE's linear probing (He et al. 2022, App. A.2). The frozen model stays
             in eval mode (no dropout, drop path or BatchNorm updates); its own head is unused.
+        layer_decay: layer-wise learning-rate decay for fine-tuning a ViT or Swin (each layer's lr is
+            ``lr * layer_decay ** depth_from_the_top``; MAE's fine-tuning: 0.65 for ViT-B, 0.75 for
+            ViT-L/H); None trains every layer at ``lr``.
     """
 
     #: metric and mode that ModelCheckpoint uses to keep the best checkpoint.
@@ -78,6 +81,7 @@ class ImageClassification(L.LightningModule):
         schedule: str = "cosine",
         pretrained: str | None = None,
         linear_probe: bool = False,
+        layer_decay: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
@@ -88,6 +92,8 @@ class ImageClassification(L.LightningModule):
         if pretrained is not None:
             self._load_pretrained(Path(pretrained))
         self.probe = self._linear_probe_head() if linear_probe else None
+        if linear_probe and layer_decay is not None:
+            raise ValueError("layer_decay scales the lr of the model's layers, which a linear probe freezes: drop one")
         if schedule not in ("cosine", "constant"):
             raise ValueError(f"unknown schedule {schedule!r}; choose 'cosine' or 'constant'")
         if (mean is None) != (std is None):
@@ -300,19 +306,11 @@ class ImageClassification(L.LightningModule):
             weight_decay=hp.weight_decay,
             momentum=hp.momentum,
             nesterov=hp.nesterov,
+            layer_decay=hp.layer_decay,
         )
         if hp.schedule == "constant":
             return optimizer
-        total = self.trainer.estimated_stepping_batches  # also sets num_training_batches
-        if total == float("inf"):
-            raise ValueError(
-                "the cosine schedule needs a run length: set trainer.max_epochs or trainer.max_steps"
-            )
-        steps_per_epoch = max(1, self.trainer.num_training_batches // self.trainer.accumulate_grad_batches)
-        scheduler = warmup_cosine(
-            optimizer,
-            warmup_steps=round(hp.warmup_epochs * steps_per_epoch),
-            total_steps=int(total),
-            min_lr_ratio=hp.min_lr_ratio,
+        scheduler = warmup_cosine_per_epoch(
+            self.trainer, optimizer, warmup_epochs=hp.warmup_epochs, min_lr_ratio=hp.min_lr_ratio
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from research.models import build_model
 from research.models.mae import num_visible
 from research.models.weights import check_fits
-from research.tasks.optim import build_optimizer, warmup_cosine
+from research.tasks.optim import build_optimizer, warmup_cosine_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,8 @@ class MAEPretraining(L.LightningModule):
 
     def effective_batch_size(self) -> int:
         """Images per optimizer step: batch x devices x gradient accumulation (App. A.1's "batch size")."""
+        if self.trainer.train_dataloader is None:  # configure_optimizers runs before the loop loads it
+            self.trainer.fit_loop.setup_data()
         loader = self.trainer.train_dataloader
         batch_size = getattr(loader, "batch_size", None)
         if batch_size is None:
@@ -244,11 +246,6 @@ class MAEPretraining(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        total = self.trainer.estimated_stepping_batches
-        if self.trainer.train_dataloader is None:  # estimated_stepping_batches skips it when max_epochs=-1
-            self.trainer.fit_loop.setup_data()
-        if total == float("inf"):
-            raise ValueError("the cosine schedule needs a run length: set trainer.max_epochs or trainer.max_steps")
         if hp.lr is not None:
             self.lr = hp.lr
         else:
@@ -258,11 +255,7 @@ class MAEPretraining(L.LightningModule):
         optimizer = build_optimizer(
             self.model, "adamw", lr=self.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas)
         )
-        steps_per_epoch = max(1, self.trainer.num_training_batches // self.trainer.accumulate_grad_batches)
-        scheduler = warmup_cosine(
-            optimizer,
-            warmup_steps=round(hp.warmup_epochs * steps_per_epoch),
-            total_steps=int(total),
-            min_lr_ratio=hp.min_lr_ratio,
+        scheduler = warmup_cosine_per_epoch(
+            self.trainer, optimizer, warmup_epochs=hp.warmup_epochs, min_lr_ratio=hp.min_lr_ratio
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

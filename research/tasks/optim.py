@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import fnmatch
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
+from timm.optim import param_groups_layer_decay
 from torch import nn
 
+if TYPE_CHECKING:
+    from lightning import Trainer
+
 OptimizerName = Literal["adamw", "sgd"]
+
+
+# Parameters that are positions or tokens: no weight decay, whatever their shape. Swin's relative
+# position bias tables are position embeddings too (not decayed in the official recipe).
+NO_DECAY = ("*pos_embed", "*cls_token", "*mask_token", "*relative_position_bias_table")
+
+
+def _no_decay(name: str, p: nn.Parameter) -> bool:
+    return p.ndim <= 1 or any(fnmatch.fnmatch(name, pattern) for pattern in NO_DECAY)
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
@@ -19,12 +33,33 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     """
     decay, no_decay = [], []
     for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        # Swin's relative position bias tables are position embeddings too (not decayed in the official recipe)
-        skip = p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "mask_token", "relative_position_bias_table"))
-        (no_decay if skip else decay).append(p)
+        if p.requires_grad:
+            (no_decay if _no_decay(name, p) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def layer_decay_groups(module: nn.Module, weight_decay: float, *, lr: float, layer_decay: float) -> list[dict]:
+    """Parameter groups with layer-wise learning-rate decay (Clark et al. 2020; BEiT; MAE App. A.3).
+
+    Layer ``i`` of ``L`` (the embeddings are layer 0, the head layer ``L + 1``) learns at
+    ``lr * layer_decay ** (L + 1 - i)``, so layers near the input, which pre-training made most
+    general, move least. The layers come from the model's ``group_matcher`` (timm's convention, which
+    our ViT and Swin follow) and the grouping is timm's ``param_groups_layer_decay``; weight decay
+    skips the same parameters as :func:`param_groups`.
+    """
+    if not 0 < layer_decay <= 1:
+        raise ValueError(f"layer_decay must be in (0, 1] (MAE fine-tuning: 0.65-0.75), got {layer_decay}")
+    if not hasattr(module, "group_matcher"):
+        raise ValueError(
+            f"layer_decay needs a model that names its layers through group_matcher() (ViT, Swin); "
+            f"{type(module).__name__} has none: leave layer_decay unset"
+        )
+    groups = param_groups_layer_decay(
+        module, weight_decay=weight_decay, no_weight_decay_list=NO_DECAY, layer_decay=layer_decay
+    )
+    for group in groups:  # torch's schedulers scale each group's own lr; timm's read lr_scale instead
+        group["lr"] = lr * group.pop("lr_scale")
+    return groups
 
 
 def build_optimizer(
@@ -36,9 +71,16 @@ def build_optimizer(
     momentum: float = 0.9,
     betas: tuple[float, float] = (0.9, 0.999),
     nesterov: bool = False,
+    layer_decay: float | None = None,
 ) -> torch.optim.Optimizer:
-    """AdamW or SGD over ``module``'s trainable parameters, without weight decay on biases and norms."""
-    groups = param_groups(module, weight_decay)
+    """AdamW or SGD over ``module``'s trainable parameters, without weight decay on biases and norms.
+
+    With ``layer_decay``, each layer's learning rate is scaled as in :func:`layer_decay_groups`.
+    """
+    if layer_decay is None:
+        groups = param_groups(module, weight_decay)
+    else:
+        groups = layer_decay_groups(module, weight_decay, lr=lr, layer_decay=layer_decay)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=betas)
     if name == "sgd":
@@ -67,6 +109,20 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def warmup_cosine_per_epoch(
+    trainer: Trainer, optimizer: torch.optim.Optimizer, *, warmup_epochs: float, min_lr_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """:func:`warmup_cosine` over the trainer's whole run, with the warm-up given in (fractional) epochs."""
+    total = trainer.estimated_stepping_batches  # also sets num_training_batches
+    if total == float("inf"):
+        raise ValueError("the cosine schedule needs a run length: set trainer.max_epochs or trainer.max_steps")
+    if trainer.train_dataloader is None:  # estimated_stepping_batches skips loading it when max_epochs=-1
+        trainer.fit_loop.setup_data()
+    steps_per_epoch = max(1, trainer.num_training_batches // trainer.accumulate_grad_batches)
+    warmup_steps = round(warmup_epochs * steps_per_epoch)
+    return warmup_cosine(optimizer, warmup_steps=warmup_steps, total_steps=int(total), min_lr_ratio=min_lr_ratio)
+
+
 def warmup_linear(
     optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
 ) -> torch.optim.lr_scheduler.LambdaLR:
@@ -85,5 +141,28 @@ def warmup_linear(
             return (step + 1) / warmup_steps
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return 1.0 - (1.0 - min_lr_ratio) * progress
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def inverse_sqrt(
+    optimizer: torch.optim.Optimizer, *, d_model: int, warmup_steps: int, scale: float = 1.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The Transformer's schedule: lr = scale * d_model^-0.5 * min(step^-0.5, step * warmup_steps^-1.5).
+
+    Vaswani et al. 2017, Sec. 5.3, Eq. 3: linear warm-up over ``warmup_steps`` (4,000 in the paper),
+    then decay with the inverse square root of the step; the peak, at ``step = warmup_steps``, is
+    ``scale * (d_model * warmup_steps)^-0.5``. ``step`` counts optimizer steps from 1. The factor is
+    the learning rate itself, so give the optimizer ``lr=1.0`` (any other base LR multiplies it).
+    """
+    if d_model < 1 or warmup_steps < 1 or scale <= 0:
+        raise ValueError(
+            f"need d_model >= 1, warmup_steps >= 1 and scale > 0, got {d_model}, {warmup_steps}, {scale}; "
+            "the paper uses warmup_steps=4000, scale=1"
+        )
+
+    def factor(step: int) -> float:
+        step += 1  # LambdaLR counts from 0; Eq. 3 from 1 (step^-0.5 is infinite at 0)
+        return scale * d_model**-0.5 * min(step**-0.5, step * warmup_steps**-1.5)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

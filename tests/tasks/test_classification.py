@@ -116,6 +116,17 @@ def test_pretrained_weights_initialise_the_model(tmp_path):
         ImageClassification({**TINY, "name": "resnet32"}, pretrained=str(tmp_path / "source.ckpt"))
 
 
+def test_fine_tuning_with_layer_decay_trains_the_head_fastest():
+    vit = {"name": "vit_tiny_patch4_32", "img_size": 16, "depth": 2, "embed_dim": 16, "num_heads": 2, "num_classes": 4}
+    task = ImageClassification(vit, lr=0.01, layer_decay=0.5)
+    t = trainer(max_steps=2, limit_val_batches=1)
+    t.fit(task, datamodule=synthetic())
+    lrs = sorted({g["initial_lr"] for g in t.optimizers[0].param_groups})
+    assert lrs == pytest.approx([0.01 * 0.5**k for k in (3, 2, 1, 0)])  # embedding, 2 blocks, head
+    with pytest.raises(ValueError, match="a linear probe freezes"):
+        ImageClassification(vit, linear_probe=True, layer_decay=0.75)
+
+
 def test_linear_probe_trains_only_a_batchnorm_linear_head_on_a_frozen_model():
     task = ImageClassification(TINY, linear_probe=True, optimizer="sgd", lr=0.1, weight_decay=0.0)
     norm, head = task.probe
