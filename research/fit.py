@@ -149,6 +149,8 @@ class ResearchCLI(LightningCLI):
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = default_loggers(experiment)
         logging = trainer_config.get("logger") is not False
+        if trainer_config.get("default_root_dir") is None:  # without loggers, config.yaml goes beside the checkpoints
+            kwargs["default_root_dir"] = str(CHECKPOINT_ROOT / experiment)
         given = trainer_config.get("callbacks") or []
         kwargs["callbacks"] = default_callbacks(experiment, self.model, list(given), logging)
         if trainer_config.get("enable_progress_bar") is False:

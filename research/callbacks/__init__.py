@@ -2,8 +2,18 @@
 
 from research.callbacks.adversarial_examples import AdversarialExamples
 from research.callbacks.adversarial_training import AdversarialTraining
+from research.callbacks.gan_samples import GANSamples
 from research.callbacks.mae_reconstructions import MAEReconstructions
+from research.callbacks.pruning import Pruning
 from research.callbacks.rng_state import RNGState
 from research.callbacks.robust_evaluation import RobustEvaluation
 
-__all__ = ["AdversarialExamples", "AdversarialTraining", "MAEReconstructions", "RNGState", "RobustEvaluation"]
+__all__ = [
+    "AdversarialExamples",
+    "AdversarialTraining",
+    "GANSamples",
+    "MAEReconstructions",
+    "Pruning",
+    "RNGState",
+    "RobustEvaluation",
+]

@@ -10,12 +10,13 @@ Shape legend used in every docstring:
 - ``P`` patch size
 """
 
-from research.layers.attention import Attention, merge_masks
+from research.layers.attention import Attention, KVCache, merge_masks
 from research.layers.block import Block
 from research.layers.drop_path import DropPath, drop_path
 from research.layers.mlp import Mlp
 from research.layers.patch_embed import PatchEmbed, patchify, unpatchify
 from research.layers.pos_embed import resample_pos_embed, sincos_pos_embed_1d, sincos_pos_embed_2d
+from research.layers.separable import DepthwiseSeparableConv2d, separable_weight_ratio
 from research.layers.window import (
     WindowAttention,
     cyclic_shift_mask,
@@ -27,7 +28,9 @@ from research.layers.window import (
 __all__ = [
     "Attention",
     "Block",
+    "DepthwiseSeparableConv2d",
     "DropPath",
+    "KVCache",
     "Mlp",
     "PatchEmbed",
     "WindowAttention",
@@ -37,6 +40,7 @@ __all__ = [
     "patchify",
     "relative_position_index",
     "resample_pos_embed",
+    "separable_weight_ratio",
     "sincos_pos_embed_1d",
     "sincos_pos_embed_2d",
     "unpatchify",

@@ -3,14 +3,52 @@
 One implementation for every model: ViT/MAE/BERT self-attention, causal decoding, seq2seq
 cross-attention and Swin's windowed attention (whose relative position bias and shift mask come in
 as ``attn_mask``). Submodule names (``qkv``, ``proj``) are timm's, so timm checkpoints load by name.
+
+Incremental decoding passes a :class:`KVCache` per attention layer: self-attention appends the new
+keys/values to it, cross-attention fills it once from the encoder output and reuses it afterwards.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+
+
+@dataclass
+class KVCache:
+    """Keys and values one attention layer has computed so far, for incremental decoding.
+
+    The attention layer that receives it updates it in place: self-attention appends the keys and
+    values of the new tokens, cross-attention stores the encoder output's keys and values on the
+    first call and reuses them on later calls (so the context is projected once per sequence).
+
+    Attributes:
+        k: keys, (B, h, Nk, d), or None before the first call.
+        v: values, (B, h, Nk, d), or None before the first call.
+
+    """
+
+    k: Tensor | None = None
+    v: Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add the keys/values (B, h, N, d) of new tokens; return all of them, (B, h, Nk, d)."""
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+    def index_select(self, indices: Tensor) -> KVCache:
+        """A cache whose batch row i is row ``indices[i]`` of this one (beam search reordering)."""
+        if self.k is None:
+            return KVCache()
+        return KVCache(self.k.index_select(0, indices), self.v.index_select(0, indices))
 
 
 class Attention(nn.Module):
@@ -53,6 +91,7 @@ class Attention(nn.Module):
         attn_mask: Tensor | None = None,
         key_padding_mask: Tensor | None = None,
         is_causal: bool = False,
+        cache: KVCache | None = None,
     ) -> Tensor:
         """Attend from ``x`` to itself, or to ``context`` (cross-attention).
 
@@ -69,6 +108,12 @@ class Attention(nn.Module):
             key_padding_mask: bool (B, Nk), True = padding, never attended to (as in
                 ``nn.MultiheadAttention``; note the opposite sense to a bool ``attn_mask``).
             is_causal: query i attends only to keys j <= i (top-left aligned when N != Nk, as SDPA).
+                With a self-attention ``cache`` the N new queries are the last N positions, so the
+                mask is bottom-right aligned: new query i sees every cached key and new keys j <= i.
+            cache: keys/values of earlier calls, updated in place (see :class:`KVCache`). For
+                self-attention ``x`` then holds only the new tokens and ``key_padding_mask``, if
+                given, must cover cached and new keys, (B, Nk). For cross-attention a filled cache
+                replaces the projection of ``context``.
 
         Returns:
             (B, N, C).
@@ -77,6 +122,15 @@ class Attention(nn.Module):
         if context is None:
             qkv = self.qkv(x)
             q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
+            if cache is not None:
+                k, v = cache.append(k, v)
+                if is_causal and k.shape[2] > q.shape[2]:
+                    attn_mask = _with_causal(attn_mask, q.shape[2], k.shape[2], device=q.device)
+                    is_causal = False
+        elif cache is not None and cache.k is not None:
+            w_q, b_q = self.qkv.weight[: self.dim], None if self.qkv.bias is None else self.qkv.bias[: self.dim]
+            q = rearrange(F.linear(x, w_q, b_q), "b n (h d) -> b h n d", h=self.num_heads)
+            k, v = cache.k, cache.v
         else:
             # Slices of the fused weight: rows [0, C) project queries, rows [C, 3C) keys and values.
             sizes = [self.dim, 2 * self.dim]
@@ -85,6 +139,8 @@ class Attention(nn.Module):
             q = rearrange(F.linear(x, w_q, b_q), "b n (h d) -> b h n d", h=self.num_heads)
             kv = F.linear(context, w_kv, b_kv)
             k, v = rearrange(kv, "b n (two h d) -> two b h n d", two=2, h=self.num_heads)
+            if cache is not None:
+                cache.k, cache.v = k, v
         mask = merge_masks(
             attn_mask, key_padding_mask, is_causal, shape=(q.shape[0], self.num_heads, q.shape[2], k.shape[2])
         )
@@ -101,6 +157,16 @@ class Attention(nn.Module):
         )
         out = rearrange(out, "b h n d -> b n (h d)")
         return self.proj_drop(self.proj(out))
+
+
+def _with_causal(attn_mask: Tensor | None, n: int, nk: int, *, device: torch.device) -> Tensor:
+    """``attn_mask`` combined with a bottom-right aligned causal mask: query i sees keys j <= i + nk - n."""
+    keep = torch.ones(n, nk, dtype=torch.bool, device=device).tril(diagonal=nk - n)
+    if attn_mask is None:
+        return keep
+    if attn_mask.dtype == torch.bool:
+        return attn_mask & keep
+    return torch.where(keep, attn_mask, float("-inf"))
 
 
 def merge_masks(

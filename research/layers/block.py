@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from research.layers.attention import Attention
+from research.layers.attention import Attention, KVCache
 from research.layers.drop_path import DropPath
 from research.layers.mlp import Mlp
 
@@ -77,6 +77,8 @@ class Block(nn.Module):
         key_padding_mask: Tensor | None = None,
         context_padding_mask: Tensor | None = None,
         is_causal: bool = False,
+        cache: KVCache | None = None,
+        context_cache: KVCache | None = None,
     ) -> Tensor:
         """Run the block; masks have the meaning they have in :class:`~research.layers.Attention`.
 
@@ -88,6 +90,10 @@ class Block(nn.Module):
             key_padding_mask: bool (B, N), True = padding in ``x``.
             context_padding_mask: bool (B, Nk), True = padding in ``context``.
             is_causal: causal self-attention (decoders).
+            cache: self-attention keys/values of earlier tokens, updated in place; ``x`` then holds
+                only the new tokens (incremental decoding, see :class:`~research.layers.KVCache`).
+            context_cache: cross-attention keys/values of ``context``, filled on the first call and
+                reused afterwards.
 
         Returns:
             (B, N, C).
@@ -99,16 +105,15 @@ class Block(nn.Module):
                 if self.cross_attention
                 else "context given to a block without cross-attention; build it with cross_attention=True"
             )
-        masks = dict(attn_mask=attn_mask, key_padding_mask=key_padding_mask, is_causal=is_causal)
+        self_args = dict(attn_mask=attn_mask, key_padding_mask=key_padding_mask, is_causal=is_causal, cache=cache)
+        cross_args = dict(key_padding_mask=context_padding_mask, cache=context_cache)
         if not self.norm_first:
-            x = self.norm1(x + self.drop_path(self.attn(x, **masks)))
+            x = self.norm1(x + self.drop_path(self.attn(x, **self_args)))
             if self.cross_attention:
-                cross = self.cross_attn(x, context, key_padding_mask=context_padding_mask)
+                cross = self.cross_attn(x, context, **cross_args)
                 x = self.norm_cross(x + self.drop_path(cross))
             return self.norm2(x + self.drop_path(self.mlp(x)))
-        x = x + self.drop_path(self.attn(self.norm1(x), **masks))
+        x = x + self.drop_path(self.attn(self.norm1(x), **self_args))
         if self.cross_attention:
-            x = x + self.drop_path(
-                self.cross_attn(self.norm_cross(x), context, key_padding_mask=context_padding_mask)
-            )
+            x = x + self.drop_path(self.cross_attn(self.norm_cross(x), context, **cross_args))
         return x + self.drop_path(self.mlp(self.norm2(x)))

@@ -1,0 +1,201 @@
+"""Sequence classification: one label per token sequence, e.g. the language of a word from its characters.
+
+The task owns the loss (cross-entropy), the metrics (accuracy, and the majority-class baseline it
+must beat) and the optimizer (AdamW without decay on biases, with a constant or warm-up + cosine
+learning rate). The model is a registered sequence classifier (``{"name": "gru_classifier"}``) or
+any ``nn.Module`` mapping ``(tokens (B, L), lengths (B,))`` to (B, num_classes) logits.
+
+A spec without ``vocab_size`` or ``num_classes`` takes them (and ``pad_id``) from the datamodule
+when the Trainer starts (:class:`~research.data.words.LanguageWords` knows them from its
+training split), as :class:`~research.tasks.MaskedLanguageModelling` does for ``vocab_size``;
+the spec saved in checkpoints records them, so a checkpoint loads without the data.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from research.models import build_model
+from research.models.weights import check_fits
+from research.tasks.mlm import MostFrequentTokenAccuracy
+from research.tasks.optim import build_optimizer, warmup_cosine
+
+# what the task reads from the data and passes to the model spec when the spec lacks it
+_FROM_DATA = ("vocab_size", "num_classes", "pad_id")
+
+
+class SequenceClassification(L.LightningModule):
+    """Train a classifier on padded token sequences with cross-entropy.
+
+    Batches are dicts with ``tokens`` (B, L), ``lengths`` (B,) and ``labels`` (B,)
+    (:class:`~research.data.words.LanguageWords`). Logged: ``train/loss`` and ``train/acc`` per
+    step; ``val/`` and ``test/`` ``loss``, ``acc`` and ``majority_acc`` (the accuracy of always
+    answering the split's most frequent class) per epoch. ``predict`` returns class probabilities.
+
+    Args:
+        model: a registered classifier as ``{"name": "gru_classifier", "hidden_size": 128, ...}``
+            (``vocab_size``, ``num_classes`` and ``pad_id`` then come from the datamodule unless
+            given), or an ``nn.Module`` with ``vocab_size`` and ``num_classes`` attributes.
+        lr: AdamW's (peak) learning rate.
+        weight_decay: AdamW's decoupled weight decay; biases get none.
+        betas: AdamW's betas.
+        schedule: "constant", or "cosine" (per step, after a linear warm-up, to ``lr * min_lr_ratio``).
+        warmup_steps: linear warm-up length in optimizer steps (cosine schedule only).
+        min_lr_ratio: where the cosine schedule ends.
+
+    """
+
+    #: metric and mode that ModelCheckpoint uses to keep the best checkpoint.
+    checkpoint_monitor = ("val/acc", "max")
+
+    def __init__(
+        self,
+        model: nn.Module | dict | str,
+        *,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        schedule: str = "constant",
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
+        if schedule not in ("constant", "cosine"):
+            raise ValueError(f"unknown schedule {schedule!r}; choose 'constant' or 'cosine'")
+        if lr <= 0 or weight_decay < 0 or warmup_steps < 0 or not 0 <= min_lr_ratio <= 1:
+            raise ValueError(
+                f"need lr > 0, weight_decay >= 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1, got {lr}, "
+                f"{weight_decay}, {warmup_steps}, {min_lr_ratio}"
+            )
+        self.model: nn.Module | None = None
+        if isinstance(model, nn.Module) or (isinstance(model, dict) and {"vocab_size", "num_classes"} <= set(model)):
+            self._build(model)
+
+    def _build(self, spec: nn.Module | dict | str) -> None:
+        model = build_model(spec)
+        missing = [a for a in ("vocab_size", "num_classes") if not hasattr(model, a)]
+        if missing:
+            raise ValueError(
+                f"SequenceClassification needs a sequence classifier (e.g. gru_classifier); "
+                f"{type(model).__name__} lacks {missing}"
+            )
+        self.model = model
+        classes = model.num_classes
+
+        def metrics() -> nn.ModuleDict:
+            # average="micro" is plain accuracy; torchmetrics' default (macro) averages per class
+            return nn.ModuleDict(
+                {
+                    "acc": MulticlassAccuracy(classes, average="micro"),
+                    "majority_acc": MostFrequentTokenAccuracy(classes),
+                }
+            )
+
+        self.train_acc = MulticlassAccuracy(classes, average="micro")
+        self.eval_metrics = nn.ModuleDict({"val": metrics(), "test": metrics()})
+
+    def _datamodule(self):
+        return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+
+    def configure_model(self) -> None:
+        """Build the model now if its sizes had to come from the datamodule; check it against the data."""
+        dm = self._datamodule()
+        if self.model is None:
+            spec = self.hparams.model
+            spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+            absent = [key for key in _FROM_DATA if key not in spec]
+            needed = [key for key in ("vocab_size", "num_classes") if key in absent and not hasattr(dm, key)]
+            if needed:
+                raise ValueError(
+                    f"the model spec has no {' or '.join(needed)} and there is no datamodule that knows it "
+                    "(such as research.data.LanguageWords); add it to the model spec"
+                )
+            spec |= {key: getattr(dm, key) for key in absent if hasattr(dm, key)}
+            self.hparams["model"] = spec  # checkpoints record the sizes, so they load without the data
+            self._build(spec)
+        if dm is not None:
+            self._check_data(dm)
+
+    def _check_data(self, dm) -> None:
+        for key, advice in (
+            ("vocab_size", "a checkpoint only fits the character vocabulary it was trained with (the same corpus)"),
+            ("num_classes", "set num_classes to the datamodule's number of classes"),
+            ("pad_id", "set pad_id to the datamodule's padding id"),
+        ):
+            ours, theirs = getattr(self.model, key, None), getattr(dm, key, None)
+            if ours is not None and theirs is not None and ours != theirs:
+                raise ValueError(
+                    f"the model has {key}={ours} but {type(dm).__name__} has {key}={theirs}; {advice}, or leave "
+                    f"{key} out of the model spec to take the datamodule's"
+                )
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint of another model or vocabulary stops here with a readable message."""
+        try:
+            check_fits(self, checkpoint["state_dict"], "the checkpoint's weights")
+        except ValueError as err:
+            raise ValueError(
+                f"this checkpoint does not hold this run's model {self.hparams.get('model')} ({err}). "
+                "Use the config (and data) the checkpoint was trained with, or pick another checkpoint."
+            ) from err
+
+    def forward(self, tokens: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Class logits.
+
+        Args:
+            tokens: (B, L) token ids, padded after each sequence.
+            lengths: (B,) tokens per sequence, or None (the model counts the non-padding ids).
+
+        Returns:
+            (B, num_classes) logits.
+
+        """
+        return self.model(tokens, lengths)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits = self(batch["tokens"], batch.get("lengths"))
+        labels = batch["labels"]
+        loss = F.cross_entropy(logits, labels)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
+        self.train_acc(logits.detach(), labels)
+        self.log("train/acc", self.train_acc, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def _eval_step(self, batch: dict[str, Tensor], stage: str) -> None:
+        logits = self(batch["tokens"], batch.get("lengths"))
+        labels = batch["labels"]
+        metrics = self.eval_metrics[stage]
+        metrics["acc"].update(logits, labels)
+        metrics["majority_acc"].update(labels)
+        size = len(labels)
+        # a per-step loss averaged over the epoch with the batch sizes as weights: the split's mean loss
+        self.log(f"{stage}/loss", F.cross_entropy(logits, labels), prog_bar=True, batch_size=size, sync_dist=True)
+        self.log(f"{stage}/acc", metrics["acc"], prog_bar=True, batch_size=size)
+        self.log(f"{stage}/majority_acc", metrics["majority_acc"], batch_size=size)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Class probabilities (B, num_classes) for a batch with ``tokens`` (and ``lengths``; labels unused)."""
+        return self(batch["tokens"], batch.get("lengths")).softmax(-1)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = build_optimizer(self.model, "adamw", lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
+        if hp.schedule == "constant":
+            return optimizer
+        total = self.trainer.estimated_stepping_batches
+        if total == float("inf"):
+            raise ValueError("the cosine schedule needs a run length: set trainer.max_epochs or trainer.max_steps")
+        scheduler = warmup_cosine(
+            optimizer, warmup_steps=hp.warmup_steps, total_steps=int(total), min_lr_ratio=hp.min_lr_ratio
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
