@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from research.data.text import Splits, text_corpus
-from research.data.tokenizer import SpecialTokens, cached_wordpiece, load_tokenizer
+from research.data.tokenizer import SpecialTokens, wordpiece_tokenizer
 
 IGNORE_INDEX = -100  # labels of unselected positions: F.cross_entropy's default ignore_index
 
@@ -351,19 +351,13 @@ class MaskedLMDataModule(L.LightningDataModule):
     @cached_property
     def tokenizer(self) -> Tokenizer:
         """The loaded tokenizer, or one trained on the training split (cached in ``cache_dir``)."""
-        if self.tokenizer_file is not None:
-            tokenizer = load_tokenizer(self.tokenizer_file, lowercase=self.lowercase)
-        else:
-            tokenizer = cached_wordpiece(
-                self.texts.train,
-                vocab_size=self.trained_vocab_size,
-                cache_dir=self.cache_dir,
-                lowercase=self.lowercase,
-            )
-        # Sequence length is ours to manage (packing), not the tokenizer's.
-        tokenizer.no_truncation()
-        tokenizer.no_padding()
-        return tokenizer
+        return wordpiece_tokenizer(
+            self.texts.train,
+            tokenizer_file=self.tokenizer_file,
+            vocab_size=self.trained_vocab_size,
+            cache_dir=self.cache_dir,
+            lowercase=self.lowercase,
+        )
 
     @property
     def vocab_size(self) -> int:

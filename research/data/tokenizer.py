@@ -198,3 +198,20 @@ def load_tokenizer(path: str | Path, *, lowercase: bool = True, strip_accents: b
         raise ValueError(f"vocabulary file {str(path)!r} is empty; it needs one token a line")
     tokenizer = Tokenizer(models.WordPiece.from_file(str(path), unk_token="[UNK]"))
     return bert_pipeline(tokenizer, lowercase=lowercase, strip_accents=strip_accents)
+
+
+def wordpiece_tokenizer(
+    texts: Sequence[str], *, tokenizer_file: str | Path | None, vocab_size: int, cache_dir: str | Path, lowercase: bool
+) -> Tokenizer:
+    """The tokenizer a text datamodule uses: ``tokenizer_file`` loaded, or WordPiece trained on ``texts`` (cached).
+
+    Truncation and padding are switched off: sequence lengths are the datamodule's to manage
+    (packing, length filters, bucketed padding), not the tokenizer's.
+    """
+    if tokenizer_file is not None:
+        tokenizer = load_tokenizer(tokenizer_file, lowercase=lowercase)
+    else:
+        tokenizer = cached_wordpiece(texts, vocab_size=vocab_size, cache_dir=cache_dir, lowercase=lowercase)
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer

@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from research.data.text import Splits, parallel_corpus
-from research.data.tokenizer import SpecialTokens, cached_wordpiece, load_tokenizer
+from research.data.tokenizer import SpecialTokens, wordpiece_tokenizer
 
 
 class TranslationPairs(Dataset):
@@ -337,20 +337,14 @@ class TranslationDataModule(L.LightningDataModule):
     @cached_property
     def tokenizer(self) -> Tokenizer:
         """The loaded tokenizer, or one trained on both sides of the training split (cached)."""
-        if self.tokenizer_file is not None:
-            tokenizer = load_tokenizer(self.tokenizer_file, lowercase=self.lowercase)
-        else:
-            train = self.pairs.train
-            tokenizer = cached_wordpiece(
-                [source for source, _ in train] + [target for _, target in train],
-                vocab_size=self.trained_vocab_size,
-                cache_dir=self.cache_dir,
-                lowercase=self.lowercase,
-            )
-        # Lengths are ours to manage (max_length filters pairs), not the tokenizer's.
-        tokenizer.no_truncation()
-        tokenizer.no_padding()
-        return tokenizer
+        train = self.pairs.train
+        return wordpiece_tokenizer(
+            [source for source, _ in train] + [target for _, target in train],
+            tokenizer_file=self.tokenizer_file,
+            vocab_size=self.trained_vocab_size,
+            cache_dir=self.cache_dir,
+            lowercase=self.lowercase,
+        )
 
     @property
     def vocab_size(self) -> int:

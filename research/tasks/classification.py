@@ -18,7 +18,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from research.models import build_model, import_weights
-from research.models.weights import check_fits
+from research.tasks.checks import check_checkpoint
 from research.tasks.optim import OptimizerName, build_optimizer, warmup_cosine_per_epoch
 
 log = logging.getLogger(__name__)
@@ -252,14 +252,7 @@ class ImageClassification(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A checkpoint of another model stops here with a readable message, before torch's strict load."""
-        try:
-            check_fits(self, checkpoint["state_dict"], "the checkpoint's weights")
-        except ValueError as err:
-            saved = checkpoint.get("model_description", "another model")
-            raise ValueError(
-                f"this checkpoint holds {saved}, not this run's {self._model_description()}"
-                f" ({err}). Resume with the config the checkpoint was trained with, or pick another checkpoint."
-            ) from err
+        check_checkpoint(self, checkpoint, holds=checkpoint.get("model_description", "another model"))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch

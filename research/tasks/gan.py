@@ -28,7 +28,7 @@ from torch import nn
 
 from research.metrics.fid import ClassifierFeatures, classifier_fid
 from research.models import build_model
-from research.models.weights import check_fits
+from research.tasks.checks import check_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +113,8 @@ class GAN(L.LightningModule):
         return ("val/fid", "min") if self.val_fid is not None else (None, "min")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """A checkpoint of other networks stops here with a readable message, before torch's strict load."""
-        try:
-            check_fits(self, checkpoint["state_dict"], "the checkpoint's weights")
-        except ValueError as err:
-            raise ValueError(
-                f"this GAN checkpoint does not fit the generator/discriminator of this run ({err}). "
-                "Resume with the config the checkpoint was trained with, or pick another checkpoint."
-            ) from err
+        """A checkpoint of another model stops here with a readable message, before torch's strict load."""
+        check_checkpoint(self, checkpoint, model="generator/discriminator")
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Generate. Shape: (B, latent_dim) -> (B, C, H, W) images in [-1, 1]."""

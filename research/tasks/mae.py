@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from research.models import build_model
 from research.models.mae import num_visible
-from research.models.weights import check_fits
+from research.tasks.checks import check_checkpoint
 from research.tasks.optim import build_optimizer, warmup_cosine_per_epoch
 
 log = logging.getLogger(__name__)
@@ -203,13 +203,7 @@ class MAEPretraining(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A checkpoint of another model stops here with a readable message, before torch's strict load."""
-        try:
-            check_fits(self, checkpoint["state_dict"], "the checkpoint's weights")
-        except ValueError as err:
-            raise ValueError(
-                f"this checkpoint does not hold this run's model {self.hparams.get('model')} ({err}). "
-                "Resume with the config the checkpoint was trained with, or pick another checkpoint."
-            ) from err
+        check_checkpoint(self, checkpoint)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x = batch[0]

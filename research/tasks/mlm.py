@@ -24,7 +24,13 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from research.data.mlm import IGNORE_INDEX
 from research.models import build_model
-from research.models.weights import check_fits
+from research.tasks.checks import (
+    check_checkpoint,
+    check_max_length,
+    check_vocabulary,
+    complete_spec,
+    datamodule_of,
+)
 from research.tasks.optim import build_optimizer, warmup_linear
 
 _MODEL_API = ("forward_features", "mlm_logits", "vocab_size", "max_positions")
@@ -124,40 +130,24 @@ class MaskedLanguageModelling(L.LightningModule):
 
         self.eval_metrics = nn.ModuleDict({"val": metrics(), "test": metrics()})
 
-    def _datamodule(self):
-        return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-
     def configure_model(self) -> None:
         """Build the model now if its vocabulary size had to come from the datamodule; check it against the data."""
-        dm = self._datamodule()
+        dm = datamodule_of(self)
         if self.model is None:
             if dm is None or not hasattr(dm, "vocab_size"):
                 raise ValueError(
                     "the model spec has no vocab_size and there is no text datamodule to take it from; "
                     "add vocab_size to the model spec"
                 )
-            spec = self.hparams.model
-            spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-            spec["vocab_size"] = dm.vocab_size
+            spec = complete_spec(self.hparams.model, {"vocab_size": dm.vocab_size})
             self.hparams["model"] = spec  # checkpoints record the size, so they load without the data
             self._build(spec)
         if dm is not None:
             self._check_data(dm)
 
     def _check_data(self, dm) -> None:
-        vocab = getattr(dm, "vocab_size", None)
-        if vocab is not None and vocab != self.model.vocab_size:
-            raise ValueError(
-                f"the model embeds {self.model.vocab_size} tokens but the datamodule's tokenizer has {vocab}. "
-                "A checkpoint only fits the tokenizer it was trained with (the same corpus, vocab_size and "
-                "lowercase, or its vocab file); a new model takes the tokenizer's size when its spec has no vocab_size"
-            )
-        max_length = getattr(dm, "max_length", None)
-        if max_length is not None and max_length > self.model.max_positions:
-            raise ValueError(
-                f"the datamodule makes sequences of up to {max_length} tokens but the model has "
-                f"{self.model.max_positions} positions; lower data max_length or raise the model's max_positions"
-            )
+        check_vocabulary(self.model.vocab_size, getattr(dm, "vocab_size", None))
+        check_max_length(getattr(dm, "max_length", None), self.model.max_positions)
         if getattr(dm, "next_sentence_prediction", False) and not self.nsp:
             raise ValueError(
                 "the datamodule labels next sentences but the model has no next-sentence head; add "
@@ -168,19 +158,9 @@ class MaskedLanguageModelling(L.LightningModule):
         """A checkpoint of another vocabulary or model stops here with a readable message."""
         state = checkpoint["state_dict"]
         embedding = next((v for k, v in state.items() if k.endswith("embeddings.word_embeddings.weight")), None)
-        if embedding is not None and self.model is not None and embedding.shape[0] != self.model.vocab_size:
-            raise ValueError(
-                f"the checkpoint was trained with a vocabulary of {embedding.shape[0]} tokens but this run's "
-                f"model and tokenizer have {self.model.vocab_size}; use the tokenizer it was trained with "
-                "(the same corpus, vocab_size and lowercase, or its vocab file)"
-            )
-        try:
-            check_fits(self, state, "the checkpoint's weights")
-        except ValueError as err:
-            raise ValueError(
-                f"this checkpoint does not hold this run's model {self.hparams.get('model')} ({err}). "
-                "Resume with the config the checkpoint was trained with, or pick another checkpoint."
-            ) from err
+        if embedding is not None and self.model is not None:
+            check_vocabulary(embedding.shape[0], self.model.vocab_size, trained=True)
+        check_checkpoint(self, checkpoint)
 
     def forward(
         self, input_ids: Tensor, token_type_ids: Tensor | None = None, padding_mask: Tensor | None = None

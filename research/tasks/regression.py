@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
 from research.models import build_model
-from research.models.weights import check_fits
+from research.tasks.checks import check_checkpoint
 from research.tasks.optim import warmup_cosine
 
 
@@ -87,14 +87,8 @@ class Regression(L.LightningModule):
                 )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """A checkpoint of another model stops here with a readable message."""
-        try:
-            check_fits(self, checkpoint["state_dict"], "the checkpoint's weights")
-        except ValueError as err:
-            raise ValueError(
-                f"this checkpoint does not hold this run's model {self.hparams.get('model')} ({err}). "
-                "Use the config the checkpoint was trained with, or pick another checkpoint."
-            ) from err
+        """A checkpoint of another model stops here with a readable message, before torch's strict load."""
+        check_checkpoint(self, checkpoint)
 
     def _check_targets(self, prediction: Tensor, y: Tensor) -> None:
         if prediction.shape != y.shape:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from research.models import build_model
-from research.models.weights import check_fits
+from research.tasks.checks import check_checkpoint, complete_spec, datamodule_of
 from research.tasks.mlm import MostFrequentTokenAccuracy
 from research.tasks.optim import build_optimizer, warmup_cosine
 
@@ -98,15 +98,11 @@ class SequenceClassification(L.LightningModule):
         self.train_acc = MulticlassAccuracy(classes, average="micro")
         self.eval_metrics = nn.ModuleDict({"val": metrics(), "test": metrics()})
 
-    def _datamodule(self):
-        return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-
     def configure_model(self) -> None:
         """Build the model now if its sizes had to come from the datamodule; check it against the data."""
-        dm = self._datamodule()
+        dm = datamodule_of(self)
         if self.model is None:
-            spec = self.hparams.model
-            spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+            spec = complete_spec(self.hparams.model, {})
             absent = [key for key in _FROM_DATA if key not in spec]
             needed = [key for key in ("vocab_size", "num_classes") if key in absent and not hasattr(dm, key)]
             if needed:
@@ -134,14 +130,8 @@ class SequenceClassification(L.LightningModule):
                 )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """A checkpoint of another model or vocabulary stops here with a readable message."""
-        try:
-            check_fits(self, checkpoint["state_dict"], "the checkpoint's weights")
-        except ValueError as err:
-            raise ValueError(
-                f"this checkpoint does not hold this run's model {self.hparams.get('model')} ({err}). "
-                "Use the config (and data) the checkpoint was trained with, or pick another checkpoint."
-            ) from err
+        """A checkpoint of another model stops here with a readable message, before torch's strict load."""
+        check_checkpoint(self, checkpoint)
 
     def forward(self, tokens: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Class logits.

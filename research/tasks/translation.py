@@ -34,7 +34,13 @@ from torchmetrics.text import SacreBLEUScore
 
 from research.models import build_model
 from research.models.decoding import beam_search, greedy_decode
-from research.models.weights import check_fits
+from research.tasks.checks import (
+    check_checkpoint,
+    check_max_length,
+    check_vocabulary,
+    complete_spec,
+    datamodule_of,
+)
 from research.tasks.optim import inverse_sqrt, param_groups
 
 _MODEL_API = ("encode", "decode", "select_memory", "reorder_cache", "vocab_size", "pad_id", "max_positions")
@@ -160,22 +166,16 @@ class Translation(L.LightningModule):
 
         self.eval_metrics = nn.ModuleDict({"val": metrics(), "test": metrics()})
 
-    def _datamodule(self):
-        return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-
     def configure_model(self) -> None:
         """Build the model now if its vocabulary had to come from the datamodule; check it against the data."""
-        dm = self._datamodule()
+        dm = datamodule_of(self)
         if self.model is None:
             if dm is None or not hasattr(dm, "vocab_size"):
                 raise ValueError(
                     "the model spec has no vocab_size/pad_id and there is no translation datamodule to take "
                     "them from; add vocab_size and pad_id to the model spec"
                 )
-            spec = self.hparams.model
-            spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-            spec.setdefault("vocab_size", dm.vocab_size)
-            spec.setdefault("pad_id", dm.special_tokens.pad)
+            spec = complete_spec(self.hparams.model, {"vocab_size": dm.vocab_size, "pad_id": dm.special_tokens.pad})
             self.hparams["model"] = spec  # checkpoints record the vocabulary, so they load without the data
             self._build(spec)
         if dm is not None and hasattr(dm, "special_tokens"):
@@ -185,43 +185,22 @@ class Translation(L.LightningModule):
             self._check_data(dm)
 
     def _check_data(self, dm) -> None:
-        vocab = getattr(dm, "vocab_size", None)
-        if vocab is not None and vocab != self.model.vocab_size:
-            raise ValueError(
-                f"the model embeds {self.model.vocab_size} tokens but the datamodule's tokenizer has {vocab}. "
-                "A checkpoint only fits the tokenizer it was trained with (the same corpus, vocab_size and "
-                "lowercase, or its vocab file); a new model takes the tokenizer's size when its spec has no vocab_size"
-            )
+        check_vocabulary(self.model.vocab_size, getattr(dm, "vocab_size", None))
         pad = dm.special_tokens.pad
         if pad != self.model.pad_id:
             raise ValueError(
                 f"the model pads with id {self.model.pad_id} but the tokenizer's [PAD] is {pad}; "
                 "drop pad_id from the model spec to take the tokenizer's"
             )
-        max_length, positions = getattr(dm, "max_length", None), self.model.max_positions
-        if max_length is not None and positions is not None and max_length > positions:
-            raise ValueError(
-                f"the datamodule makes sequences of up to {max_length} tokens but the model has {positions} "
-                "positions; lower data max_length or raise the model's max_positions"
-            )
+        check_max_length(getattr(dm, "max_length", None), self.model.max_positions)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A checkpoint of another vocabulary or model stops here with a readable message."""
         spec = checkpoint.get("hyper_parameters", {}).get("model")
         trained = spec.get("vocab_size") if isinstance(spec, dict) else None
-        if trained is not None and self.model is not None and trained != self.model.vocab_size:
-            raise ValueError(
-                f"the checkpoint was trained with a vocabulary of {trained} tokens but this run's model and "
-                f"tokenizer have {self.model.vocab_size}; use the tokenizer it was trained with (the same "
-                "corpus, vocab_size and lowercase, or its vocab file)"
-            )
-        try:
-            check_fits(self, checkpoint["state_dict"], "the checkpoint's weights")
-        except ValueError as err:
-            raise ValueError(
-                f"this checkpoint does not hold this run's model {self.hparams.get('model')} ({err}). "
-                "Resume with the config the checkpoint was trained with, or pick another checkpoint."
-            ) from err
+        if trained is not None and self.model is not None:
+            check_vocabulary(trained, self.model.vocab_size, trained=True)
+        check_checkpoint(self, checkpoint)
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits.
@@ -303,7 +282,7 @@ class Translation(L.LightningModule):
             )
 
     def _tokenizer(self):
-        tokenizer = getattr(self._datamodule(), "tokenizer", None)
+        tokenizer = getattr(datamodule_of(self), "tokenizer", None)
         if tokenizer is None:
             raise ValueError(
                 "BLEU needs the datamodule's tokenizer to detokenise translations; use a translation datamodule"

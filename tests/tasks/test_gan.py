@@ -124,7 +124,7 @@ def test_a_checkpoint_of_other_networks_is_a_clear_error(tmp_path):
     trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0).fit(task, train_dataloaders=loader(images()))
     task.trainer.save_checkpoint(tmp_path / "gan.ckpt")
     wider = GAN({**GENERATOR, "base_width": 8}, DISCRIMINATOR)
-    with pytest.raises(ValueError, match="does not fit the generator/discriminator of this run.*shape mismatch"):
+    with pytest.raises(ValueError, match="does not hold this run's generator/discriminator.*shape mismatch"):
         trainer().test(wider, dataloaders=loader(images()), ckpt_path=tmp_path / "gan.ckpt")
 
 
