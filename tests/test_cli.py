@@ -9,6 +9,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 
 from research.fit import main, wandb_mode
+from research.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -40,6 +41,11 @@ def test_every_config_runs_one_batch(config, fake_torchvision_root):
     if data_class.rsplit(".", 1)[-1] in ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100"):
         # the real sets are downloads; the config runs on tiny stand-ins in the same layout
         args += ["--data.init_args.root", str(fake_torchvision_root), "--data.init_args.batch_size", "4"]
+    task_args = yaml.safe_load(config.read_text()).get("model", {}).get("init_args", {})
+    if "teacher_checkpoint" in task_args:
+        # distillation needs a trained teacher; an untrained one of the config's architecture stands in
+        torch.save(build_model(task_args["teacher"]).state_dict(), "teacher.pt")
+        args += ["--model.init_args.teacher_checkpoint", "teacher.pt"]
     cli = main(args)
     assert cli.trainer.state.finished
     assert any(k.startswith("test/") for k in cli.trainer.callback_metrics)  # fit ends with a test
