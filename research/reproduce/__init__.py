@@ -4,9 +4,17 @@ Each table is data (research/reproduce/<table>.py): the paper's rows with their 
 and a tolerance, and how ours is measured. Every paper number the code claims to match lives here.
 """
 
-from research.reproduce import batchnorm, complexity
+from research.reproduce import batchnorm, complexity, goodfellow, madry, mae_mask_ratio, vit_vs_resnet, wong
 from research.reproduce.table import Result, Row, Table, run_table, to_markdown
 
-TABLES: dict[str, Table] = {t.name: t for t in (complexity.TABLE, batchnorm.TABLE)}
+TABLES: dict[str, Table] = {t.name: t for t in (
+    complexity.TABLE,
+    batchnorm.TABLE,
+    madry.TABLE,
+    goodfellow.TABLE,
+    wong.TABLE,
+    mae_mask_ratio.TABLE,
+    vit_vs_resnet.TABLE,
+)}
 
 __all__ = ["TABLES", "Result", "Row", "Table", "run_table", "to_markdown"]

@@ -1,23 +1,50 @@
-"""Training runs behind the tables: a config from configs/ plus overrides, run through research.fit."""
+"""Training runs behind the tables: a config from configs/ plus overrides, run through research.fit.
+
+:func:`fit_run` trains and tests one run and remembers its checkpoints and wall time;
+:func:`fit_and_test` returns just its metrics; :func:`attack_checkpoint` evaluates a run's
+checkpoint under FGSM/PGD with the functions of ``python -m research.attack``.
+"""
 
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import json
+import os
 import statistics
+import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
 
 from research.reproduce.table import Measured
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # --quick: a few steps of everything, so the whole pipeline (data, model, fit, test) runs in seconds.
 QUICK = ["--trainer.max_steps", "3", "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2"]
+# Where the tables look for data that is not shipped (a torchvision root, or a folder of the idx files).
+DATA_ENV = "RESEARCH_DATA"
+_FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                  "t10k-labels-idx1-ubyte")
+
+
+class Run(NamedTuple):
+    """A finished training run: its metrics, checkpoints and wall time."""
+
+    metrics: dict[str, float]
+    best: str  # the checkpoint with the best monitored metric ("" if none was written)
+    last: str  # the checkpoint at the end of training ("" if none was written)
+    seconds: float  # wall time of fit and test
+    cpu_seconds: float  # CPU time of this process over fit and test, all threads: fair on a shared machine
 
 
 @functools.cache
-def fit_and_test(config: str, overrides: tuple[str, ...] = (), *, quick: bool = False) -> dict[str, float]:
-    """Train ``configs/<config>`` with shell-style ``overrides``, test the best checkpoint, return the metrics.
+def fit_run(config: str, overrides: tuple[str, ...] = (), *, quick: bool = False) -> Run:
+    """Train ``configs/<config>`` with shell-style ``overrides``, test the best checkpoint.
 
     Memoised within a process, so rows that share a run (a mean and a difference) train it once.
     """
@@ -30,8 +57,35 @@ def fit_and_test(config: str, overrides: tuple[str, ...] = (), *, quick: bool = 
     args = ["fit", "--config", str(path), *overrides, "--experiment", f"reproduce/{path.stem}-{tag}",
             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false"]
+    started, start, cpu_start = time.time(), time.perf_counter(), time.process_time()
     cli = main([*args, *(QUICK if quick else [])])
-    return {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    checkpoint = cli.trainer.checkpoint_callback
+    last = str(getattr(checkpoint, "last_model_path", "") or "")
+    if not last and getattr(checkpoint, "dirpath", None):
+        # Testing the best checkpoint restores the callback's state as it was when that checkpoint was
+        # written, which can predate the last one: find the last checkpoint this run wrote on disk.
+        written = [p for p in Path(checkpoint.dirpath).glob("last*.ckpt") if p.stat().st_mtime >= started]
+        last = str(max(written, key=lambda p: p.stat().st_mtime)) if written else ""
+    return Run(
+        metrics={k: float(v) for k, v in cli.trainer.callback_metrics.items()},
+        best=str(getattr(checkpoint, "best_model_path", "") or ""),
+        last=last,
+        seconds=seconds,
+        cpu_seconds=cpu_seconds,
+    )
+
+
+def config_key(config: str) -> str:
+    """``config`` and a hash of its text: a cache key that changes when the config file is edited."""
+    path = CONFIGS / config
+    text = path.read_bytes() if path.is_file() else b""
+    return f"{config}@{hashlib.sha1(text).hexdigest()[:8]}"
+
+
+def fit_and_test(config: str, overrides: tuple[str, ...] = (), *, quick: bool = False) -> dict[str, float]:
+    """Train ``configs/<config>`` with shell-style ``overrides``, test the best checkpoint, return the metrics."""
+    return fit_run(config, overrides, quick=quick).metrics
 
 
 def over_seeds(config: str, overrides: tuple[str, ...], metric: str, seeds: int, *, quick: bool) -> Measured:
@@ -41,3 +95,96 @@ def over_seeds(config: str, overrides: tuple[str, ...], metric: str, seeds: int,
         for seed in range(1 if quick else seeds)
     ]
     return Measured(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def attack_checkpoint(
+    config: str,
+    checkpoint: str,
+    overrides: Sequence[str] = (),
+    *,
+    attacks: Sequence[str],
+    eps: float,
+    steps: int = 40,
+    step_size: float | None = None,
+    restarts: int = 1,
+    num_samples: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Accuracy (%) of a checkpoint on clean test examples and under each attack at ``eps``.
+
+    The task and data come from ``configs/<config>`` with ``overrides`` as in
+    :func:`research.attack.load`; ``num_samples`` test examples are drawn with ``seed``, the same
+    ones for every attack, and an example counts as robust only if it is also classified
+    correctly clean (see :mod:`research.attack`).
+
+    Returns:
+        ``{"clean": ..., "fgsm": ..., "pgd": ...}`` for the attacks asked for, in percent.
+    """
+    import torch
+
+    from research.attack import load, robust_accuracy, sample_loader
+
+    if not checkpoint:
+        raise FileNotFoundError(f"the run of {config} wrote no checkpoint to attack")
+    task, datamodule = load(str(CONFIGS / config), checkpoint, list(overrides))
+    loader = sample_loader(datamodule, split="test", num_samples=num_samples, seed=seed)
+    torch.manual_seed(seed)  # the random starts
+    rows = robust_accuracy(task, loader, attacks=attacks, eps=[eps], steps=steps, step_size=step_size,
+                           restarts=restarts)
+    return {("clean" if r["attack"] == "none" else r["attack"]): 100 * r["accuracy"] for r in rows}
+
+
+def fashion_mnist_root(quick: bool) -> Path:
+    """A torchvision-layout root holding Fashion-MNIST (``ROOT/FashionMNIST/raw/``), from ``$RESEARCH_DATA``.
+
+    ``$RESEARCH_DATA`` may be such a root, or a folder holding the four idx files themselves
+    (``.gz`` or not); the latter gets a root of links under the temporary folder. With ``quick``
+    and no files, a stand-in of random images in the same format is written instead: quick
+    numbers are not comparable anyway, and the test suite must run on a fresh checkout.
+
+    Raises:
+        FileNotFoundError: not ``quick`` and the files are not where ``$RESEARCH_DATA`` points.
+    """
+    given = os.environ.get(DATA_ENV)
+    if given:
+        root = Path(given).expanduser()
+        if _has_fashion(root / "FashionMNIST" / "raw"):
+            return root
+        if _has_fashion(root):
+            digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:8]
+            linked = Path(tempfile.gettempdir()) / f"research-fashion-{digest}"
+            raw = linked / "FashionMNIST" / "raw"
+            raw.mkdir(parents=True, exist_ok=True)
+            for source in root.iterdir():
+                if source.name.split(".")[0] in _FASHION_FILES and not (raw / source.name).exists():
+                    (raw / source.name).symlink_to(source.resolve())
+            return linked
+    if quick:
+        return _stand_in_fashion()
+    raise FileNotFoundError(
+        f"Fashion-MNIST not found{f' under {given}' if given else ''}: set {DATA_ENV}=DIR where DIR/FashionMNIST/raw/ "
+        f"(torchvision's layout) or DIR itself holds {', '.join(_FASHION_FILES)} (.gz allowed)"
+    )
+
+
+def _has_fashion(folder: Path) -> bool:
+    return all((folder / name).is_file() or (folder / f"{name}.gz").is_file() for name in _FASHION_FILES)
+
+
+def _stand_in_fashion() -> Path:
+    """Random 28x28 images with labels 0-9 in Fashion-MNIST's idx files: 600 train, 200 test."""
+    root = Path(tempfile.gettempdir()) / "research-fashion-stand-in"
+    raw = root / "FashionMNIST" / "raw"
+    if _has_fashion(raw):
+        return root
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 600), ("t10k", 200)):
+        images, labels = rng.integers(0, 256, (count, 28, 28)), np.arange(count) % 10
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+            path = raw / f"{split}-{kind}-ubyte.gz"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+            tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+    return root
