@@ -4,7 +4,7 @@ Each table is data (research/reproduce/<table>.py): the paper's rows with their 
 and a tolerance, and how ours is measured. Every paper number the code claims to match lives here.
 """
 
-from research.reproduce import batchnorm, complexity, goodfellow, madry, mae_mask_ratio, vit_vs_resnet, wong
+from research.reproduce import batchnorm, complexity, goodfellow, madry, mae_mask_ratio, seq2seq, vit_vs_resnet, wong
 from research.reproduce.table import Result, Row, Table, run_table, to_markdown
 
 TABLES: dict[str, Table] = {t.name: t for t in (
@@ -15,6 +15,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     wong.TABLE,
     mae_mask_ratio.TABLE,
     vit_vs_resnet.TABLE,
+    seq2seq.TABLE,
 )}
 
 __all__ = ["TABLES", "Result", "Row", "Table", "run_table", "to_markdown"]

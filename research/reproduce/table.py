@@ -31,7 +31,8 @@ class Row:
 
     Args:
         label: what the number is, e.g. "ResNet-50 FLOPs".
-        paper: the published value, in ``Table.unit``.
+        paper: the published value, in ``Table.unit``; None for a figure of ours that the paper has no
+            number for (measured and printed beside the rows that compare, never judged).
         tolerance: largest |ours - paper| that still counts as reproduced, in the same unit
             (papers round: 1.8 G means 1.75-1.85 G).
         source: where the number is printed, e.g. "He et al. 2016, Table 1".
@@ -42,7 +43,7 @@ class Row:
     """
 
     label: str
-    paper: float
+    paper: float | None
     tolerance: float
     source: str
     measure: Callable[[bool], float | Measured]
@@ -64,7 +65,7 @@ class Table:
 @dataclass
 class Result:
     label: str
-    paper: float
+    paper: float | None
     tolerance: float
     source: str
     ours: float | None = None
@@ -76,7 +77,9 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return self.ours is not None and math.isfinite(self.ours) and abs(self.ours - self.paper) <= self.tolerance
+        if self.ours is None or not math.isfinite(self.ours):
+            return False
+        return self.paper is None or abs(self.ours - self.paper) <= self.tolerance
 
 
 def _cache_path(out: Path, table: Table, row: Row, quick: bool) -> Path:
@@ -120,13 +123,17 @@ def to_markdown(table: Table, results: list[Result], *, quick: bool = False) -> 
         "|---|---|---|---|---|---|",
     ]
     for r in results:
+        paper = "—" if r.paper is None else f"{r.paper:.{d}f}"
         if r.error is not None:
-            lines.append(f"| {r.label} | {r.paper:.{d}f} | failed: {r.error} | | no | {r.source} |")
+            lines.append(f"| {r.label} | {paper} | failed: {r.error} | | no | {r.source} |")
+            continue
+        ours = f"{r.ours:.{d}f}" + (f" ± {r.spread:.{d}f}" if r.spread is not None else "")
+        if r.paper is None:  # ours only: nothing to compare
+            lines.append(f"| {r.label} | — | {ours} | | | {r.source} |")
             continue
         verdict = "yes" if r.ok else "no"
-        ours = f"{r.ours:.{d}f}" + (f" ± {r.spread:.{d}f}" if r.spread is not None else "")
         lines.append(
-            f"| {r.label} | {r.paper:.{d}f} | {ours} | {r.ours - r.paper:+.{d}f} | "
+            f"| {r.label} | {paper} | {ours} | {r.ours - r.paper:+.{d}f} | "
             f"{verdict} (±{r.tolerance:g}) | {r.source} |"
         )
     if table.notes:
@@ -147,7 +154,7 @@ def to_json(table: Table, results: list[Result], *, quick: bool) -> dict:
                 "ours": r.ours,
                 "spread": r.spread,
                 "tolerance": r.tolerance,
-                "within": r.ok,
+                "within": r.ok if r.paper is not None else None,
                 "source": r.source,
                 "error": r.error,
                 "seconds": round(r.seconds, 3),
