@@ -87,8 +87,12 @@ def _cache_path(out: Path, table: Table, row: Row, quick: bool) -> Path:
     return out / "cache" / f"{table.name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
 
 
-def run_table(table: Table, *, quick: bool = False, out: Path | None = None) -> list[Result]:
-    """Measure every row (or read it from ``out``'s cache); failures become failed results."""
+def run_table(table: Table, *, quick: bool = False, out: Path | None = None, cached_only: bool = False) -> list[Result]:
+    """Measure every row (or read it from ``out``'s cache); failures become failed results.
+
+    With ``cached_only``, a row of a cached table that has no cached result is reported as not run
+    instead of measured (nothing trains).
+    """
     results = []
     for row in table.rows:
         result = Result(row.label, row.paper, row.tolerance, row.source)
@@ -96,6 +100,8 @@ def run_table(table: Table, *, quick: bool = False, out: Path | None = None) -> 
         if cache is not None and cache.exists():
             saved = json.loads(cache.read_text())
             result.ours, result.spread, result.cached = saved["ours"], saved.get("spread"), True
+        elif cached_only and cache is not None:
+            result.error = f"not run yet: python -m research.reproduce {table.name}"
         else:
             start = time.perf_counter()
             try:
@@ -125,7 +131,8 @@ def to_markdown(table: Table, results: list[Result], *, quick: bool = False) -> 
     for r in results:
         paper = "—" if r.paper is None else f"{r.paper:.{d}f}"
         if r.error is not None:
-            lines.append(f"| {r.label} | {paper} | failed: {r.error} | | no | {r.source} |")
+            status = r.error if r.error.startswith("not run yet") else f"failed: {r.error}"
+            lines.append(f"| {r.label} | {paper} | {status} | | no | {r.source} |")
             continue
         ours = f"{r.ours:.{d}f}" + (f" ± {r.spread:.{d}f}" if r.spread is not None else "")
         if r.paper is None:  # ours only: nothing to compare
