@@ -296,7 +296,10 @@ class Translation(L.LightningModule):
             self.log(f"{stage}/loss", metrics["loss"].compute(), prog_bar=True)
             self.log(f"{stage}/nll", nll)
             self.log(f"{stage}/ppl", nll.exp())
-        if metrics["bleu"].update_called:
+        # Decide on the count of all processes: BLEU's compute() gathers from every one of them, so a
+        # process that decoded nothing must still take part when another did (or DDP would hang).
+        decoded = torch.tensor(float(len(self._samples[stage])), device=self.device)
+        if self.trainer.strategy.reduce(decoded, reduce_op="sum") > 0:
             self.log(f"{stage}/bleu", metrics["bleu"].compute() * 100, prog_bar=True)
             self._log_samples(stage)
         for metric in metrics.values():
