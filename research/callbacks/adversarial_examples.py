@@ -9,12 +9,12 @@ import lightning as L
 import torch
 from einops import rearrange
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import WandbLogger
 from PIL import Image, ImageDraw
 from torch import Tensor
 
 from research.attacks import fgsm, pgd
 from research.callbacks._batch import FixedSubset
+from research.callbacks._pictures import log_picture, run_folder
 
 OWNER = "AdversarialExamples"
 MARGIN = 2  # pixels between cells and around the picture
@@ -196,20 +196,9 @@ class AdversarialExamples(Callback):
         if names is None:
             names = [str(i) for i in range(int(max(clean_pred.max(), adv_pred.max(), y.max())) + 1)]
         picture = draw_examples(x, x_adv, y, clean_pred, adv_pred, class_names=list(names), cell_size=self.cell_size)
-        path = self._run_folder(trainer) / "adversarial_examples" / f"{stage}_epoch={trainer.current_epoch:03d}.png"
+        folder = run_folder(trainer, self.dirpath) / "adversarial_examples"
+        path = folder / f"{stage}_epoch={trainer.current_epoch:03d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         picture.save(path)
         self.last_path = path
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(key=f"{stage}/adversarial_examples", images=[str(path)], step=trainer.global_step)
-
-    def _run_folder(self, trainer: L.Trainer) -> Path:
-        if self.dirpath is not None:
-            return self.dirpath
-        # Not trainer.log_dir: it broadcasts, and only rank 0 gets here. WandbLogger has no log_dir.
-        for logger in trainer.loggers:
-            folder = getattr(logger, "log_dir", None)
-            if folder:
-                return Path(folder)
-        return Path(trainer.default_root_dir)
+        log_picture(trainer, path, key=f"{stage}/adversarial_examples")

@@ -7,8 +7,9 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import WandbLogger
 from torchvision.utils import save_image
+
+from research.callbacks._pictures import log_picture, run_folder
 
 
 class GANSamples(Callback):
@@ -66,20 +67,8 @@ class GANSamples(Callback):
         if (trainer.current_epoch + 1) % self.every_n_epochs or not trainer.is_global_zero:
             return
         images = pl_module.sample(self._noise.to(pl_module.device)).cpu()
-        path = self._run_folder(trainer) / "gan_samples" / f"epoch={trainer.current_epoch:03d}.png"
+        path = run_folder(trainer, self.dirpath) / "gan_samples" / f"epoch={trainer.current_epoch:03d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(images, path, nrow=self.nrow, padding=2, pad_value=1.0)
         self.last_path = path
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(key="train/samples", images=[str(path)], step=trainer.global_step)
-
-    def _run_folder(self, trainer: L.Trainer) -> Path:
-        if self.dirpath is not None:
-            return self.dirpath
-        # Not trainer.log_dir: it broadcasts, and only rank 0 gets here. WandbLogger has no log_dir.
-        for logger in trainer.loggers:
-            folder = getattr(logger, "log_dir", None)
-            if folder:
-                return Path(folder)
-        return Path(trainer.default_root_dir)
+        log_picture(trainer, path, key="train/samples")

@@ -8,9 +8,10 @@ import lightning as L
 import torch
 from einops import rearrange
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 from torchvision.utils import save_image
+
+from research.callbacks._pictures import log_picture
 
 #: grey level of the masked patches in the "masked" column (black would vanish on MNIST's background)
 MASK_FILL = 0.5
@@ -73,12 +74,8 @@ class MAEReconstructions(Callback):
         folder.mkdir(parents=True, exist_ok=True)
         self.last_path = folder / f"reconstructions_epoch{trainer.current_epoch:03d}.png"
         save_image(grid, self.last_path, nrow=4, padding=1, pad_value=1.0)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                caption = "original | masked | reconstruction | reconstruction + visible"
-                logger.log_image(
-                    key="val/reconstructions", images=[str(self.last_path)], caption=[caption], step=trainer.global_step
-                )
+        caption = "original | masked | reconstruction | reconstruction + visible"
+        log_picture(trainer, self.last_path, key="val/reconstructions", caption=caption)
 
     def grid(self, pl_module: L.LightningModule, images: Tensor) -> Tensor:
         """The four pictures of each image, row after row.
