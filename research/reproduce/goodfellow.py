@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 from functools import partial
 
+from research.reproduce.plots import paper_vs_ours
 from research.reproduce.runs import attack_checkpoint, config_key, fit_run
 from research.reproduce.table import Row, Table
 
@@ -59,4 +60,5 @@ TABLE = Table(
     "epochs instead of the full MNIST, errors on the 1,000 embedded test digits, and FGSM training from a random "
     "start (R+FGSM: the gradient is taken at a random point of the ball, the step of 2 eps lands on its corner). "
     "An FGSM error counts every digit not classified correctly both clean and attacked.",
+    plot=paper_vs_ours,
 )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 from functools import partial
 
+from research.reproduce.plots import paper_vs_ours
 from research.reproduce.runs import attack_checkpoint, config_key, fit_run
 from research.reproduce.table import Row, Table
 
@@ -74,4 +75,5 @@ TABLE = Table(
     f"{SAMPLES} of the 1,000 embedded test digits attacked (the paper: all 10,000). PGD steps are 0.01 from a random "
     "start; an example counts as robust only if it is also correct clean. Expect our robust accuracies below the "
     "paper's: our PGD training sees 8,000 images, theirs 5 million.",
+    plot=paper_vs_ours,
 )

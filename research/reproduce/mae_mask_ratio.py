@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 from functools import partial
 
+from research.reproduce.plots import curve
 from research.reproduce.runs import config_key, fashion_mnist_root, fit_run
 from research.reproduce.table import Row, Table
 
@@ -50,6 +51,10 @@ def _accuracy(ratio: float, quick: bool) -> float:
     return probe_accuracy(ratio, quick)
 
 
+def _label(ratio: float) -> str:
+    return f"linear-probe test accuracy (%) at mask {ratio}"
+
+
 def best_ratio(quick: bool) -> float:
     """The mask ratio whose encoder probes best."""
     return max(RATIOS, key=lambda ratio: probe_accuracy(ratio, quick))
@@ -72,7 +77,7 @@ TABLE = Table(
         Row("probe better at mask 0.75 than at 0.25 (1 = yes)", 1.0, 0.5, PAPER, improves, key=_KEY,
             model="mae_vit_tiny_patch4_28"),
         *(
-            Row(f"linear-probe test accuracy (%) at mask {ratio}", None, 0.0, "ours", partial(_accuracy, ratio),
+            Row(_label(ratio), None, 0.0, "ours", partial(_accuracy, ratio),
                 key=_KEY, model="mae_vit_tiny_patch4_28")
             for ratio in RATIOS
         ),
@@ -81,4 +86,6 @@ TABLE = Table(
     f"{PRETRAIN_EPOCHS} epochs of {BATCHES} batches of 256 Fashion-MNIST images at each ratio (the paper: 800-1600 "
     f"ImageNet epochs), then a linear probe of its frozen encoder for {PROBE_EPOCHS} such epochs; accuracy on the "
     "10,000 test images. Fashion-MNIST comes from $RESEARCH_DATA (a failed row says so when it is missing).",
+    plot=partial(curve, x={_label(ratio): ratio for ratio in RATIOS}, xlabel="mask ratio",
+                 ylabel="linear-probe test accuracy (%)", paper_x=0.75),
 )

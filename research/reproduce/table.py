@@ -15,7 +15,10 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class Measured(NamedTuple):
@@ -60,6 +63,8 @@ class Table:
     notes: str = ""
     cache: bool = True  # measurements that train something are cached; cheap counts need not be
     digits: int = 2
+    # Draws the results where a picture says more than the table (see research.reproduce.plots).
+    plot: Callable[[Table, list[Result]], Figure] | None = None
 
 
 @dataclass

@@ -1,10 +1,16 @@
 import json
+import sys
 
 import pytest
 
 from research.models import list_models
 from research.reproduce import TABLES, Row, Table, run_table
 from research.reproduce.__main__ import main
+
+
+@pytest.fixture(autouse=True)
+def _checkpoints_in_tmp(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # runs write checkpoints/ under the working directory
 
 
 def test_list_names_every_table(capsys):
@@ -44,3 +50,44 @@ def test_unknown_table_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         main(["complexty"])
     assert "unknown table 'complexty'" in capsys.readouterr().err
+
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name", [name for name, table in TABLES.items() if table.plot is not None])
+def test_tables_with_a_picture_write_a_png(name, tmp_path, capsys):
+    main([name, "--quick", "--out", str(tmp_path)])  # memoised: shares the quick runs of the test above
+    assert (tmp_path / f"{name}-quick.png").read_bytes().startswith(PNG)
+    assert f"plot: {tmp_path / f'{name}-quick.png'}" in capsys.readouterr().err
+
+
+def _small_table(plot) -> Table:
+    rows = [Row("a", 90.0, 5.0, "s", lambda quick: 88.0, key="a"),
+            Row("b", 50.0, 5.0, "s", lambda quick: 1 / 0, key="b"),  # fails: drawn as failed, not dropped
+            Row("c", None, 0.0, "ours", lambda quick: 3.0, key="c")]
+    return Table(name="small", title="a small table", unit="%", rows=rows, plot=plot)
+
+
+def test_report_links_the_plots_it_draws_and_marks_rows_not_run(monkeypatch, tmp_path, capsys):
+    from research.reproduce import __main__ as runner
+    from research.reproduce.plots import paper_vs_ours
+
+    monkeypatch.setattr(runner, "TABLES", {"small": _small_table(paper_vs_ours)})
+    assert main(["report", "--out", str(tmp_path), "--figures", str(tmp_path / "figures")]) == 0
+    printed = capsys.readouterr().out
+    assert "not run yet: python -m research.reproduce small" in printed  # nothing cached, nothing trained
+    assert f"![small]({(tmp_path / 'figures' / 'small.png').as_posix()})" in printed
+    assert (tmp_path / "figures" / "small.png").read_bytes().startswith(PNG)
+
+
+def test_without_matplotlib_the_table_is_still_written_and_says_why_no_plot(monkeypatch, tmp_path, capsys):
+    from research.reproduce import __main__ as runner
+    from research.reproduce.plots import paper_vs_ours
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    monkeypatch.setattr(runner, "TABLES", {"small": _small_table(paper_vs_ours)})
+    assert main(["small", "--out", str(tmp_path)]) == 1  # row b failed
+    assert json.loads((tmp_path / "small.json").read_text())["rows"][1]["error"].startswith("ZeroDivisionError")
+    assert not (tmp_path / "small.png").exists()
+    assert "pip install 'research[plots]'" in capsys.readouterr().err
