@@ -17,10 +17,11 @@ import hashlib
 import math
 from collections.abc import Callable
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
+
+from research.data.splits import SplitDataModule
 
 # The test set ignores ``seed``: it must be the same points in every run.
 TEST_SEED = 0
@@ -75,7 +76,7 @@ def sample_function(
     return x, fn(x)
 
 
-class FunctionRegression(L.LightningDataModule):
+class FunctionRegression(SplitDataModule):
     """Batches ``(x, y)`` of (B, 1) float32 tensors with y = f(x), x uniform on [low, high].
 
     Args:
@@ -146,23 +147,3 @@ class FunctionRegression(L.LightningDataModule):
         generator = split_generator("test", TEST_SEED)
         self.test_set = TensorDataset(*sample_function(self.fn, num_samples=self.num_test, generator=generator, **draw))
 
-    def _loader(self, dataset: TensorDataset, *, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()

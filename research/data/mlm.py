@@ -25,12 +25,12 @@ from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
-import lightning as L
 import torch
 from tokenizers import Tokenizer
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from research.data.splits import SplitDataModule
 from research.data.text import Splits, text_corpus
 from research.data.tokenizer import SpecialTokens, wordpiece_tokenizer
 
@@ -258,7 +258,7 @@ class MLMCollator:
         return batch
 
 
-class MaskedLMDataModule(L.LightningDataModule):
+class MaskedLMDataModule(SplitDataModule):
     """Masked-language-model batches from a text corpus and a WordPiece tokenizer.
 
     ``tokenizer``, ``vocab_size`` (the tokenizer's, which a trained vocabulary may leave below
@@ -405,22 +405,5 @@ class MaskedLMDataModule(L.LightningDataModule):
         self.val_set = self._fixed(self.texts.val, self.seed)
         self.test_set = self._fixed(self.texts.test, self.seed + 1)
 
-    def _loader(self, dataset: Dataset | list, *, shuffle: bool) -> DataLoader:
-        collator = MLMCollator(special=self.special_tokens, vocab_size=self.vocab_size, mask_prob=self.mask_prob)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=collator,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+    def collate(self) -> MLMCollator:
+        return MLMCollator(special=self.special_tokens, vocab_size=self.vocab_size, mask_prob=self.mask_prob)

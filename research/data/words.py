@@ -18,16 +18,15 @@ characters per word, and ``labels`` (B,) language indices into ``LanguageWords.l
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader
 
+from research.data.splits import SplitDataModule
 from research.data.text import EMBEDDED_BIBLE, Splits, read_lines, read_tsv, split_items
 
 PAD_ID, UNK_ID = 0, 1
@@ -98,7 +97,7 @@ def collate_words(examples: Sequence[tuple[Tensor, int]]) -> dict[str, Tensor]:
     }
 
 
-class LanguageWords(L.LightningDataModule):
+class LanguageWords(SplitDataModule):
     """Batches of single words as character ids, labelled with their language.
 
     ``languages``, ``num_classes``, ``vocab``, ``vocab_size`` and ``pad_id`` are known before
@@ -238,24 +237,5 @@ class LanguageWords(L.LightningDataModule):
         self.val_set = self._examples(self.words.val)
         self.test_set = self._examples(self.words.test)
 
-    def _loader(self, dataset: list[tuple[Tensor, int]], *, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=collate_words,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+    def collate(self) -> Callable:
+        return collate_words
