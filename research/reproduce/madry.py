@@ -58,7 +58,7 @@ def _row(label: str, paper: float, tolerance: float, source: str, config: str, k
 TABLE = Table(
     name="madry",
     title="Madry et al. 2018: MNIST CNN accuracy (%) at L-inf eps 0.3, natural vs PGD-40 training "
-    "(full run: 22 min on the shared 2-core CPU)",
+    "(full run: 6 min on this 2-core CPU, one thread)",
     unit="%",
     rows=[
         _row("natural training, clean", 99.0, 1.0, ISSUE, NATURAL, "clean"),

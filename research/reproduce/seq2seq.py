@@ -56,7 +56,7 @@ _KEY = " ".join(config_key(c) for c in CONFIGS.values())
 TABLE = Table(
     name="seq2seq",
     title="Transformer vs GRU with attention, English -> Spanish Bible, 3 epochs each: test BLEU (beam 4), "
-    "parameters (M), training CPU time (min)",
+    "parameters (M), training CPU time (min) (full run: 54 min on this 2-core CPU, one thread)",
     unit="as labelled",
     rows=[
         Row("Transformer beats the GRU in BLEU (1 = yes)", 1.0, 0.5, PAPER, transformer_ahead, key=_KEY),

@@ -39,7 +39,7 @@ _KEY = f"{config_key(RESNET)} {config_key(VIT)}"
 TABLE = Table(
     name="vit_vs_resnet",
     title="ViT vs ResNet on 8,000 digits at a matched budget: is the ResNet ahead? (1 = yes, 0 = no; full run: "
-    "12 min on the shared 2-core CPU)",
+    "10 min on this 2-core CPU, one thread)",
     unit="1 = yes",
     rows=[
         Row("ResNet-20 beats a small ViT, test accuracy", 1.0, 0.5, PAPER, resnet_ahead, key=_KEY, model="resnet20"),
