@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                 said = save_plot(table, results, path)
                 print(f"![{table.name}]({path.as_posix()})\n" if said.startswith("plot") else f"({said})\n")
         return 0
+    if args.figures is not None:
+        parser.error(f"--figures goes with 'report'; {args.table} draws its plot to {args.out}/<table>.png")
     if args.table not in TABLES:
         parser.error(f"unknown table {args.table!r}; choose one of: {', '.join(TABLES)} (or 'list')")
     table = TABLES[args.table]

@@ -31,7 +31,7 @@ from research.tasks.checks import (
     complete_spec,
     datamodule_of,
 )
-from research.tasks.optim import build_optimizer, warmup_linear
+from research.tasks.optim import build_optimizer, run_length, warmup_linear
 
 _MODEL_API = ("forward_features", "mlm_logits", "vocab_size", "max_positions")
 
@@ -256,10 +256,7 @@ class MaskedLanguageModelling(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = build_optimizer(self.model, "adamw", lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
-        total = self.trainer.estimated_stepping_batches
-        if total == float("inf"):
-            raise ValueError("the linear schedule needs a run length: set trainer.max_epochs or trainer.max_steps")
-        scheduler = warmup_linear(
-            optimizer, warmup_steps=hp.warmup_steps, total_steps=int(total), min_lr_ratio=hp.min_lr_ratio
-        )
+        steps = run_length(self.trainer, "linear")
+        scheduler = warmup_linear(optimizer, warmup_steps=hp.warmup_steps, total_steps=steps,
+                                  min_lr_ratio=hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

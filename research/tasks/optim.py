@@ -109,18 +109,24 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def run_length(trainer: Trainer, schedule: str) -> int:
+    """Optimizer steps in the trainer's whole run, which a ``schedule`` over the run needs to exist."""
+    total = trainer.estimated_stepping_batches  # also sets num_training_batches
+    if total == float("inf"):
+        raise ValueError(f"the {schedule} schedule needs a run length: set trainer.max_epochs or trainer.max_steps")
+    return int(total)
+
+
 def warmup_cosine_per_epoch(
     trainer: Trainer, optimizer: torch.optim.Optimizer, *, warmup_epochs: float, min_lr_ratio: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """:func:`warmup_cosine` over the trainer's whole run, with the warm-up given in (fractional) epochs."""
-    total = trainer.estimated_stepping_batches  # also sets num_training_batches
-    if total == float("inf"):
-        raise ValueError("the cosine schedule needs a run length: set trainer.max_epochs or trainer.max_steps")
+    total = run_length(trainer, "cosine")
     if trainer.train_dataloader is None:  # estimated_stepping_batches skips loading it when max_epochs=-1
         trainer.fit_loop.setup_data()
     steps_per_epoch = max(1, trainer.num_training_batches // trainer.accumulate_grad_batches)
     warmup_steps = round(warmup_epochs * steps_per_epoch)
-    return warmup_cosine(optimizer, warmup_steps=warmup_steps, total_steps=int(total), min_lr_ratio=min_lr_ratio)
+    return warmup_cosine(optimizer, warmup_steps=warmup_steps, total_steps=total, min_lr_ratio=min_lr_ratio)
 
 
 def warmup_linear(

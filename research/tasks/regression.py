@@ -16,7 +16,7 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
 from research.models import build_model
 from research.tasks.checks import check_checkpoint
-from research.tasks.optim import warmup_cosine
+from research.tasks.optim import run_length, warmup_cosine
 
 
 class Regression(L.LightningModule):
@@ -132,8 +132,6 @@ class Regression(L.LightningModule):
         )
         if hp.schedule == "constant":
             return optimizer
-        total = self.trainer.estimated_stepping_batches
-        if total == float("inf"):
-            raise ValueError("the cosine schedule needs a run length: set trainer.max_epochs or trainer.max_steps")
-        scheduler = warmup_cosine(optimizer, warmup_steps=0, total_steps=int(total), min_lr_ratio=hp.min_lr_ratio)
+        total = run_length(self.trainer, "cosine")
+        scheduler = warmup_cosine(optimizer, warmup_steps=0, total_steps=total, min_lr_ratio=hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -21,7 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from research.models import build_model
 from research.tasks.checks import check_checkpoint, complete_spec, datamodule_of
 from research.tasks.mlm import MostFrequentTokenAccuracy
-from research.tasks.optim import build_optimizer, warmup_cosine
+from research.tasks.optim import build_optimizer, run_length, warmup_cosine
 
 # what the task reads from the data and passes to the model spec when the spec lacks it
 _FROM_DATA = ("vocab_size", "num_classes", "pad_id")
@@ -182,10 +182,7 @@ class SequenceClassification(L.LightningModule):
         optimizer = build_optimizer(self.model, "adamw", lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
         if hp.schedule == "constant":
             return optimizer
-        total = self.trainer.estimated_stepping_batches
-        if total == float("inf"):
-            raise ValueError("the cosine schedule needs a run length: set trainer.max_epochs or trainer.max_steps")
-        scheduler = warmup_cosine(
-            optimizer, warmup_steps=hp.warmup_steps, total_steps=int(total), min_lr_ratio=hp.min_lr_ratio
-        )
+        steps = run_length(self.trainer, "cosine")
+        scheduler = warmup_cosine(optimizer, warmup_steps=hp.warmup_steps, total_steps=steps,
+                                  min_lr_ratio=hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

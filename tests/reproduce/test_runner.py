@@ -52,6 +52,12 @@ def test_unknown_table_is_a_clear_error(capsys):
     assert "unknown table 'complexty'" in capsys.readouterr().err
 
 
+def test_figures_outside_report_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        main(["madry", "--figures", "docs"])
+    assert "--figures goes with 'report'" in capsys.readouterr().err
+
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
