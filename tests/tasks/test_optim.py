@@ -1,10 +1,11 @@
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from research.tasks.optim import build_optimizer, param_groups, warmup_cosine
+from research.tasks.optim import build_optimizer, param_groups, run_length, warmup_cosine
 
 
 def test_no_weight_decay_on_biases_norms_and_tokens():
@@ -92,3 +93,9 @@ def test_layer_decay_without_layers_is_a_clear_error():
         build_optimizer(nn.Linear(2, 2), "adamw", lr=1e-3, weight_decay=0.0, layer_decay=0.75)
     with pytest.raises(ValueError, match=r"layer_decay must be in \(0, 1\]"):
         build_optimizer(nn.Linear(2, 2), "adamw", lr=1e-3, weight_decay=0.0, layer_decay=1.5)
+
+
+def test_a_schedule_over_an_endless_run_is_a_clear_error():
+    assert run_length(SimpleNamespace(estimated_stepping_batches=120), "cosine") == 120
+    with pytest.raises(ValueError, match="the linear schedule needs a run length: set trainer.max_epochs"):
+        run_length(SimpleNamespace(estimated_stepping_batches=float("inf")), "linear")
