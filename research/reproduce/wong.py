@@ -1,14 +1,16 @@
 """Table: Wong et al. 2020, fast (FGSM-RS) against PGD-7 adversarial training (issue 8, table 3.5).
 
 Wong, Rice & Kolter, "Fast is better than free: Revisiting adversarial training" (ICLR 2020,
-arXiv:2001.03994), Table 1 on CIFAR-10 at eps 8/255: FGSM with a random start (step 1.25 eps)
-reaches 86.06% clean and 46.06% PGD accuracy in 12 minutes, PGD-7 training 87.30% and 45.80% in
-4,966 minutes. Their CIFAR-10 row is the only one with both methods and times; CIFAR-10 is not
-shipped, so we train both recipes on the embedded MNIST digits (eps 0.3, their MNIST radius) at
-the same epochs and compare the differences, which is what the paper's claim is about.
-
-The figures are issue 8's. Unverified (no network here): our memory of the paper's table prints 83.81%,
-not 86.06%, as FGSM's clean accuracy; the clean-accuracy rows' tolerance of 5 points covers both.
+arXiv:2001.03994), Table 1 on CIFAR-10 at eps 8/255 (PreAct ResNet-18, PGD-50 with 10 restarts):
+FGSM with a random start and the DAWNBench speed-ups (cyclic learning rate, mixed precision)
+reaches 83.81% clean and 46.06% PGD accuracy in 12 minutes; PGD-7 training without those
+speed-ups 87.30% and 45.80% in 4,966 minutes. (The authors' repository README prints 86.06% clean
+for FGSM; the paper's table, which we cite, has 83.81%.) Their 4966/12 = 414x compares FGSM with the
+speed-ups against PGD-7 without them, so it is not a per-step cost and we do not compare our ratio to
+it: our ratio row is judged against the attack's cost at matched recipes, (7 + 1) / (1 + 1) = 4
+passes per step. CIFAR-10 is not shipped, so we train both recipes on the embedded MNIST digits
+(eps 0.3, their MNIST radius) at the same epochs and compare the differences, which is what the
+paper's claim is about.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ EPS, STEP = 0.3, 0.01
 # Wong et al. evaluate with PGD-50 and 10 restarts; ours: 5 restarts on 500 test digits (CPU budget).
 STEPS, RESTARTS, SAMPLES = 50, 5, 500
 PAPER = "Wong et al. 2020, Table 1 (CIFAR-10, eps 8/255)"
+COST = "cost model: (7 + 1) / (1 + 1) forward-backward passes per step (Wong et al. 2020, section 3)"
 
 
 @functools.cache
@@ -59,16 +62,17 @@ TABLE = Table(
     "(full run: 11 min on this 2-core CPU, one thread)",
     unit="% or ratio",
     rows=[
-        Row("FGSM-RS, clean", 86.06, 5.0, PAPER, partial(_score, FAST, "clean"), key=_KEY, model=_MODEL),
+        Row("FGSM-RS, clean", 83.81, 5.0, PAPER, partial(_score, FAST, "clean"), key=_KEY, model=_MODEL),
         Row("FGSM-RS, PGD", 46.06, 5.0, PAPER, partial(_score, FAST, "pgd"), key=_KEY, model=_MODEL),
         Row("PGD-7, clean", 87.30, 5.0, PAPER, partial(_score, PGD7, "clean"), key=_KEY, model=_MODEL),
         Row("PGD-7, PGD", 45.80, 5.0, PAPER, partial(_score, PGD7, "pgd"), key=_KEY, model=_MODEL),
-        Row("FGSM-RS minus PGD-7, clean (points)", 86.06 - 87.30, 2.0, PAPER, partial(_gap, "clean"),
+        Row("FGSM-RS minus PGD-7, clean (points)", 83.81 - 87.30, 2.0, PAPER, partial(_gap, "clean"),
             key=_KEY, model=_MODEL),
         Row("FGSM-RS minus PGD-7, PGD (points)", 46.06 - 45.80, 2.0, PAPER, partial(_gap, "pgd"),
             key=_KEY, model=_MODEL),
-        # 10%: the paper's ratio is of its own two recipes (see notes), not of a per-step cost.
-        Row("PGD-7 time / FGSM-RS time", 4966 / 12, 0.1 * 4966 / 12, PAPER, _time_ratio,
+        # Like with like: both recipes here share epochs, schedule and precision, so the ratio is the attack's
+        # cost plus what both pay alike (validation, test); 25% covers that overhead.
+        Row("PGD-7 time / FGSM-RS time (CPU time, matched recipes)", 4.0, 1.0, COST, _time_ratio,
             key=f"{_KEY} cpu time", model=_MODEL),
     ],
     notes="Our data differs: Madry et al.'s CNN on the 8,000 embedded MNIST digits at eps 0.3 (the paper: PreAct "
@@ -76,7 +80,7 @@ TABLE = Table(
     f"recipes train 4 epochs with Adam 1e-3 and eps warmed up over the first; PGD-{STEPS} (steps of {STEP}) with "
     f"{RESTARTS} restarts on {SAMPLES} test digits (the paper: PGD-50, 10 restarts). The time ratio is of the "
     "CPU time of whole runs (fit, validation and test; CPU, not wall time, because the machine is shared) at "
-    "matched epochs, where the attack's cost alone predicts (7 + 1) / (1 + 1) = 4; "
-    "the paper's 414x also counts its 15 against ~200 epochs, cyclic learning rates and mixed precision.",
+    "matched epochs, judged against the attack's cost, (7 + 1) / (1 + 1) = 4; the paper's 4966 / 12 = 414x "
+    "is not comparable (FGSM-RS with the DAWNBench speed-ups against PGD-7 without them).",
     plot=partial(paper_vs_ours, labels=("FGSM-RS, clean", "FGSM-RS, PGD", "PGD-7, clean", "PGD-7, PGD")),
 )
