@@ -7,7 +7,7 @@ every training batch (RoBERTa's dynamic masking, Liu et al. 2019, Sec. 4.1), whi
 and test examples are masked once with a fixed seed, so their metrics are comparable across
 epochs and runs.
 
-:class:`MaskedLMDataModule` reads a corpus (:mod:`research.data.text`), gets a WordPiece tokenizer
+:class:`MaskedLMDataModule` reads a corpus (:mod:`research.data.text`), gets a subword tokenizer
 (:mod:`research.data.tokenizer`), packs consecutive lines of each split into sequences of at most
 ``max_length`` tokens, ``[CLS] A [SEP]``, or with ``sentence_pairs`` ``[CLS] A [SEP] B [SEP]``
 with segment ids, optionally for next-sentence prediction (off by default: RoBERTa, Sec. 4.2,
@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from research.data.splits import SplitDataModule
 from research.data.text import Splits, text_corpus
-from research.data.tokenizer import SpecialTokens, wordpiece_tokenizer
+from research.data.tokenizer import SpecialTokens, text_tokenizer
 
 IGNORE_INDEX = -100  # labels of unselected positions: F.cross_entropy's default ignore_index
 
@@ -259,7 +259,7 @@ class MLMCollator:
 
 
 class MaskedLMDataModule(SplitDataModule):
-    """Masked-language-model batches from a text corpus and a WordPiece tokenizer.
+    """Masked-language-model batches from a text corpus and a subword tokenizer.
 
     ``tokenizer``, ``vocab_size`` (the tokenizer's, which a trained vocabulary may leave below
     the requested size), ``special_tokens`` and ``max_length`` are known before ``setup``, so that
@@ -272,7 +272,7 @@ class MaskedLMDataModule(SplitDataModule):
             Bible (31,077 verses).
         tsv_column: the column of TSV corpus files to read (0 or 1).
         tokenizer: a ``vocab.txt`` (e.g. bert-base-uncased's) or a ``tokenizer.json``; None trains
-            a WordPiece vocabulary on the training split.
+            a lossless BPE vocabulary on the training split (:func:`~research.data.tokenizer.train_bpe`).
         vocab_size: the size of the vocabulary to train (ignored with ``tokenizer``).
         lowercase: lower-case (and strip accents from) the text, as BERT "uncased".
         cache_dir: where trained tokenizers are cached, keyed by corpus and options.
@@ -351,7 +351,7 @@ class MaskedLMDataModule(SplitDataModule):
     @cached_property
     def tokenizer(self) -> Tokenizer:
         """The loaded tokenizer, or one trained on the training split (cached in ``cache_dir``)."""
-        return wordpiece_tokenizer(
+        return text_tokenizer(
             self.texts.train,
             tokenizer_file=self.tokenizer_file,
             vocab_size=self.trained_vocab_size,

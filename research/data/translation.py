@@ -1,7 +1,7 @@
-"""Translation data: parallel sentence pairs, one shared WordPiece vocabulary, batches of similar lengths.
+"""Translation data: parallel sentence pairs, one shared subword vocabulary, batches of similar lengths.
 
 :class:`TranslationDataModule` reads ``source<TAB>target`` pairs (:func:`~research.data.text.parallel_corpus`;
-the embedded English–Spanish Bible by default), trains one WordPiece vocabulary on both sides of
+the embedded English–Spanish Bible by default), trains one lossless BPE vocabulary on both sides of
 the training split (Vaswani et al. 2017, Sec. 5.1: "a shared source-target vocabulary"), and hands
 out batches of pairs of similar length (:class:`LengthBucketSampler`), so that little of a batch is
 padding (:func:`padding_fraction`).
@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from research.data.text import Splits, parallel_corpus
-from research.data.tokenizer import SpecialTokens, wordpiece_tokenizer
+from research.data.tokenizer import SpecialTokens, text_tokenizer
 
 
 class TranslationPairs(Dataset):
@@ -240,7 +240,7 @@ def padding_fraction(batches: Sequence[Sequence[int]], *, src_lengths: Sequence[
 
 
 class TranslationDataModule(L.LightningDataModule):
-    """Sentence pairs for translation, with one WordPiece vocabulary shared by both languages.
+    """Sentence pairs for translation, with one subword vocabulary shared by both languages.
 
     ``tokenizer``, ``vocab_size`` (the tokenizer's: a trained vocabulary may end below the
     requested size), ``special_tokens`` and ``max_length`` are known before ``setup``, so a task
@@ -252,7 +252,7 @@ class TranslationDataModule(L.LightningDataModule):
             embedded English–Spanish Bible (31,077 verses).
         reverse: translate the second column into the first (Spanish to English for the Bible).
         tokenizer: a ``vocab.txt`` or ``tokenizer.json`` with BERT's special tokens; None trains
-            WordPiece on both sides of the training split (cached in ``cache_dir``, keyed by the
+            lossless BPE on both sides of the training split (cached in ``cache_dir``, keyed by the
             texts and the options).
         vocab_size: the size of the vocabulary to train (ignored with ``tokenizer``).
         lowercase: lower-case (and strip accents from) the text; False keeps Spanish accents.
@@ -338,7 +338,7 @@ class TranslationDataModule(L.LightningDataModule):
     def tokenizer(self) -> Tokenizer:
         """The loaded tokenizer, or one trained on both sides of the training split (cached)."""
         train = self.pairs.train
-        return wordpiece_tokenizer(
+        return text_tokenizer(
             [source for source, _ in train] + [target for _, target in train],
             tokenizer_file=self.tokenizer_file,
             vocab_size=self.trained_vocab_size,
@@ -357,7 +357,7 @@ class TranslationDataModule(L.LightningDataModule):
         return SpecialTokens.of(self.tokenizer)
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of token ids: special tokens dropped, WordPiece ``##`` pieces joined."""
+        """Text of token ids, special tokens dropped: the text they encode, as the tokenizer normalised it."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def _encode(self, pairs: list[tuple[str, str]]) -> TranslationPairs:

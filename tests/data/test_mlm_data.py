@@ -90,15 +90,15 @@ def corpus(tmp_path):
 
 
 def datamodule(corpus, tmp_path, **kw):
-    args = dict(corpus=str(corpus), vocab_size=300, cache_dir=str(tmp_path / "cache"), max_length=32, batch_size=8)
+    args = dict(corpus=str(corpus), vocab_size=500, cache_dir=str(tmp_path / "cache"), max_length=32, batch_size=8)
     return MaskedLMDataModule(**(args | kw))
 
 
 def test_datamodule_describes_its_vocabulary_before_setup(corpus, tmp_path):
     dm = datamodule(corpus, tmp_path)
     assert dm.train_set is None
-    assert 100 < dm.vocab_size <= 300 and dm.special_tokens == SPECIAL
-    assert len(list((tmp_path / "cache").glob("wordpiece-300-*.json"))) == 1
+    assert 300 < dm.vocab_size <= 500 and dm.special_tokens == SPECIAL
+    assert len(list((tmp_path / "cache").glob("bpe-500-*.json"))) == 1
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {"input_ids", "token_type_ids", "padding_mask", "labels"}

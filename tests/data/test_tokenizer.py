@@ -4,13 +4,16 @@ from pathlib import Path
 import pytest
 
 import research.data.tokenizer as tokenizer_module
+from research.data import MaskedLMDataModule, TranslationDataModule
 from research.data.text import EMBEDDED_BIBLE, read_tsv
 from research.data.tokenizer import (
+    BYTE_TOKENS,
     SPECIAL_TOKENS,
     SpecialTokens,
-    cached_wordpiece,
+    cache_key,
+    cached_bpe,
     load_tokenizer,
-    train_wordpiece,
+    train_bpe,
 )
 
 OFFICIAL_VOCAB = Path("/work/shared/data/bert-base-uncased-vocab.txt")
@@ -21,38 +24,85 @@ def verses():
     return [english for english, _ in read_tsv(EMBEDDED_BIBLE)[:800]]
 
 
-def test_trained_wordpiece_has_bert_specials_and_templates(verses):
-    tok = train_wordpiece(verses, vocab_size=400)
+def test_trained_bpe_has_bert_specials_bytes_and_templates(verses):
+    tok = train_bpe(verses, vocab_size=600)
     assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
-    assert 100 < tok.get_vocab_size() <= 400
+    assert [tok.token_to_id(t) for t in BYTE_TOKENS] == list(range(5, 261))
+    assert 400 < tok.get_vocab_size() <= 600
     single = tok.encode("In the beginning God created")
-    assert single.tokens[0] == "[CLS]" and single.tokens[-1] == "[SEP]" and "in" in single.tokens
+    assert single.tokens[0] == "[CLS]" and single.tokens[-1] == "[SEP]" and "\u2581in" in single.tokens
     pair = tok.encode("God said", "Let there be light")
     sep = pair.tokens.index("[SEP]")
     assert pair.tokens[-1] == "[SEP]" and set(pair.type_ids[: sep + 1]) == {0} and set(pair.type_ids[sep + 1 :]) == {1}
-    assert any(t.startswith("##") for t in tok.get_vocab())  # word pieces, not whole words only
+    assert any(not t.startswith("\u2581") and t.isalpha() and len(t) > 1 for t in tok.get_vocab())  # word pieces
     assert tok.decode(tok.encode("the light").ids) == "the light"
+    # byte tokens are plain vocabulary: decoding keeps them, and their text in the input is just text
+    assert tok.decode(tok.encode("<0x41> ☃").ids, skip_special_tokens=True) == "<0x41> ☃"
 
 
 def test_lowercase_and_accents_are_options():
     texts = ["Él dijo Sí, él dijo sí"] * 20
-    assert "él" in train_wordpiece(texts, vocab_size=60, lowercase=True, strip_accents=False).get_vocab()
-    assert "el" in train_wordpiece(texts, vocab_size=60, lowercase=True).get_vocab()  # uncased strips accents
-    assert "Él" in train_wordpiece(texts, vocab_size=60, lowercase=False).get_vocab()
+    assert "\u2581él" in train_bpe(texts, vocab_size=300, lowercase=True, strip_accents=False).get_vocab()
+    assert "\u2581el" in train_bpe(texts, vocab_size=300, lowercase=True).get_vocab()  # uncased strips accents
+    assert "\u2581Él" in train_bpe(texts, vocab_size=300, lowercase=False).get_vocab()
+    uncased = train_bpe(texts, vocab_size=300, lowercase=True)
+    assert uncased.decode(uncased.encode("Él dijo: ¿Sí?").ids) == "el dijo: ¿si?"  # the documented normalisation
+    assert uncased.normalizer.normalize_str("Él dijo: ¿Sí?") == "el dijo: ¿si?"
+
+
+def test_every_line_of_the_shipped_corpus_round_trips(tmp_path):
+    """decode(encode(line)) is the line, for both sides of every split of the embedded Bible (issue 13)."""
+    rows = read_tsv(EMBEDDED_BIBLE)
+    translation = TranslationDataModule(cache_dir=str(tmp_path))  # the seq2seq configs' tokenizer
+    for side in (0, 1):
+        lines = [row[side] for row in rows]
+        encoded = translation.tokenizer.encode_batch(lines)
+        assert not [line for line, e in zip(lines, encoded) if SpecialTokens.of(translation.tokenizer).unk in e.ids]
+        decoded = [translation.decode(e.ids) for e in encoded]
+        wrong = [(line, back) for line, back in zip(lines, decoded) if line != back]
+        assert not wrong, f"{len(wrong)} of {len(lines)} lines change, e.g. {wrong[:3]}"
+    # the MLM corpus (English side, uncased): the line as the documented normaliser leaves it
+    mlm = MaskedLMDataModule(cache_dir=str(tmp_path))
+    lines = [english for english, _ in rows]
+    decoded = mlm.tokenizer.decode_batch([e.ids for e in mlm.tokenizer.encode_batch(lines)], skip_special_tokens=True)
+    assert decoded == [mlm.tokenizer.normalizer.normalize_str(line) for line in lines]
+    assert decoded[0] == lines[0].lower()
+
+
+def test_characters_outside_the_training_alphabet_round_trip_as_bytes(verses):
+    """A character the training text never had becomes its UTF-8 byte tokens, never [UNK], and decodes back."""
+    tok = train_bpe(verses, vocab_size=600, lowercase=False)
+    text = "Señor, ¿qué? 日本語 — naïve ☃ 🙂 x²"
+    assert "日" not in "".join(verses) and tok.token_to_id("日") is None
+    encoding = tok.encode(text)
+    assert SpecialTokens.of(tok).unk not in encoding.ids
+    assert tok.encode("日").tokens[1:-1] == ["\u2581", "<0xE6>", "<0x97>", "<0xA5>"]  # its UTF-8 bytes
+    assert tok.decode(encoding.ids) == text
+    # documented limits: NFC, one leading space, and a literal U+2581 (it decodes as a space)
+    assert tok.decode(tok.encode("cafe\u0301").ids) == "caf\u00e9"
+    assert tok.decode(tok.encode(" x").ids) == "x"
+    assert tok.decode(tok.encode("a\u2581b").ids) == "a b"
+
+
+def test_cache_key_covers_the_pipeline_version(verses, monkeypatch):
+    key = cache_key(verses, vocab_size=300)
+    monkeypatch.setattr(tokenizer_module, "_PIPELINE_VERSION", tokenizer_module._PIPELINE_VERSION + 1)
+    assert cache_key(verses, vocab_size=300) != key
 
 
 def test_cache_is_reused_and_keyed_by_corpus_and_size(verses, tmp_path, monkeypatch):
-    first = cached_wordpiece(verses, vocab_size=300, cache_dir=tmp_path)
-    files = list(tmp_path.glob("wordpiece-300-*.json"))
+    first = cached_bpe(verses, vocab_size=500, cache_dir=tmp_path)
+    files = list(tmp_path.glob("bpe-500-*.json"))
     assert len(files) == 1
-    monkeypatch.setattr(tokenizer_module, "train_wordpiece", lambda *a, **k: pytest.fail("retrained despite cache"))
-    again = cached_wordpiece(verses, vocab_size=300, cache_dir=tmp_path)
+    monkeypatch.setattr(tokenizer_module, "train_bpe", lambda *a, **k: pytest.fail("retrained despite cache"))
+    again = cached_bpe(verses, vocab_size=500, cache_dir=tmp_path)
     assert again.get_vocab() == first.get_vocab()
+    assert again.decode(again.encode("¿Por qué?").ids) == "¿por que?"  # the saved file keeps the pipeline
     monkeypatch.undo()
-    cached_wordpiece(verses, vocab_size=250, cache_dir=tmp_path)
-    cached_wordpiece(verses[:-1], vocab_size=300, cache_dir=tmp_path)
-    cached_wordpiece(verses, vocab_size=300, cache_dir=tmp_path, lowercase=False)
-    assert len(list(tmp_path.glob("wordpiece-*.json"))) == 4
+    cached_bpe(verses, vocab_size=450, cache_dir=tmp_path)
+    cached_bpe(verses[:-1], vocab_size=500, cache_dir=tmp_path)
+    cached_bpe(verses, vocab_size=500, cache_dir=tmp_path, lowercase=False)
+    assert len(list(tmp_path.glob("bpe-*.json"))) == 4
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -88,10 +138,11 @@ def test_official_bert_base_uncased_vocab():
 
 
 def test_tokenizer_json_round_trip(verses, tmp_path):
-    tok = train_wordpiece(verses, vocab_size=300)
+    tok = train_bpe(verses, vocab_size=500)
     tok.save(str(tmp_path / "tokenizer.json"))
     loaded = load_tokenizer(tmp_path / "tokenizer.json")
     assert loaded.encode("God said", "light").ids == tok.encode("God said", "light").ids
+    assert loaded.decode(loaded.encode("Yahweh’s “light”").ids) == "yahweh’s “light”"
 
 
 def test_tokenizer_errors(tmp_path):
@@ -105,6 +156,6 @@ def test_tokenizer_errors(tmp_path):
     with pytest.raises(ValueError, match="cannot read tokenizer"):
         load_tokenizer(tmp_path / "broken.json")
     with pytest.raises(ValueError, match="empty corpus"):
-        train_wordpiece(["", "  "], vocab_size=100)
-    with pytest.raises(ValueError, match="leaves no room"):
-        train_wordpiece(["text"], vocab_size=5)
+        train_bpe(["", "  "], vocab_size=400)
+    with pytest.raises(ValueError, match="leaves no room next to the 5 special tokens and 256 byte tokens"):
+        train_bpe(["text"], vocab_size=261)

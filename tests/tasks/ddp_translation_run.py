@@ -33,7 +33,7 @@ class EchoTranslation(Translation):
 
 def main(corpus: Path, out: Path, devices: int) -> dict:
     L.seed_everything(0)  # both ranks build the same weights: the loss is comparable too
-    data = TranslationDataModule(corpus=str(corpus), vocab_size=300, cache_dir=str(out / "tokenizer"), batch_size=4,
+    data = TranslationDataModule(corpus=str(corpus), vocab_size=500, cache_dir=str(out / "tokenizer"), batch_size=4,
                                  eval_batch_size=4, val_fraction=0.1, test_fraction=0.2)
     task = EchoTranslation({"name": "transformer_tiny"}, test_decoding="greedy", test_bleu_samples=None)
     trainer = L.Trainer(

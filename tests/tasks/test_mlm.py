@@ -19,7 +19,7 @@ def corpus(tmp_path):
 
 
 def datamodule(corpus, tmp_path, **kw):
-    args = dict(corpus=str(corpus), vocab_size=300, cache_dir=str(tmp_path / "cache"), max_length=32, batch_size=8)
+    args = dict(corpus=str(corpus), vocab_size=500, cache_dir=str(tmp_path / "cache"), max_length=32, batch_size=8)
     return MaskedLMDataModule(**(args | kw))
 
 
@@ -111,7 +111,7 @@ def test_checkpoint_of_another_vocabulary_is_a_clear_error(corpus, tmp_path):
     fit = trainer(tmp_path)
     fit.fit(MaskedLanguageModelling({"name": "bert_tiny"}, warmup_steps=2), datamodule=datamodule(corpus, tmp_path))
     fit.save_checkpoint(tmp_path / "mlm.ckpt")
-    other = datamodule(corpus, tmp_path, vocab_size=250)
+    other = datamodule(corpus, tmp_path, vocab_size=450)
     with pytest.raises(ValueError, match=r"trained with a vocabulary of \d+ tokens but this run's model and tokenizer"):
         trainer(tmp_path, max_epochs=2).fit(
             MaskedLanguageModelling({"name": "bert_tiny"}), datamodule=other, ckpt_path=tmp_path / "mlm.ckpt"
