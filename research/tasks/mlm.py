@@ -9,7 +9,7 @@ optimizer (App. A.2: AdamW, lr 1e-4, betas (0.9, 0.999), weight decay 0.01, line
 
 The model is a registered BERT (``{"name": "bert_tiny"}``) or any module with ``forward_features``,
 ``mlm_logits``, ``vocab_size`` and ``max_positions``. A spec without ``vocab_size`` takes the
-datamodule tokenizer's when the Trainer starts (a trained WordPiece vocabulary may end below the
+datamodule tokenizer's when the Trainer starts (a trained subword vocabulary may end below the
 requested size), and the spec saved in checkpoints records it.
 """
 
