@@ -2,38 +2,40 @@
 
     python -m research.fit fit --config configs/resnet/mnist_resnet20.yaml
     python -m research.fit fit --config configs/resnet/mnist_resnet20.yaml --trainer.max_epochs 2
-    python -m research.fit test --config configs/resnet/mnist_resnet20.yaml --ckpt_path best
     python -m research.fit fit --config configs/resnet/mnist_resnet20.yaml --ckpt_path last   # resume
+    python -m research.fit test --config configs/resnet/mnist_resnet20.yaml --ckpt_path best
 
 A config file holds the constructor arguments of a task (``model:``), a datamodule (``data:``) and
 the Trainer (``trainer:``). Unless the config says otherwise a run gets: a wandb logger (offline
 unless you are logged in or set WANDB_MODE; it never prompts) and a CSV logger under logs/,
-checkpoints (best and last) under checkpoints/<experiment>/, a rich progress bar, a learning-rate
-monitor, and RNG states in its checkpoints so that ``--ckpt_path last`` resumes exactly.
+checkpoints (best and last) under checkpoints/<experiment>/ with the run's resolved config.yaml beside
+them, a rich progress bar, a learning-rate monitor, and RNG states in its checkpoints so that
+``--ckpt_path last`` resumes exactly (and continues the same wandb run and CSV version).
+
+``--ckpt_path last`` and ``--ckpt_path best`` name files of checkpoints/<experiment>/: ``last.ckpt`` (the
+final step of the latest run, see :class:`research.callbacks.ModelCheckpoint`) and the best checkpoint
+that run recorded; either one missing is an error, never a silent start from scratch.
 """
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import (
-    Callback,
-    LearningRateMonitor,
-    ModelCheckpoint,
-    ProgressBar,
-    RichProgressBar,
-)
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 import research.data  # noqa: F401  (makes the datamodules known by their short names)
 import research.tasks  # noqa: F401  (makes the tasks known by their short names)
 from research.callbacks import RNGState
+from research.callbacks.checkpoint import LAST, ModelCheckpoint, RunIdentity, best_checkpoint, logger_ids
 
 CHECKPOINT_ROOT = Path("checkpoints")
 LOG_ROOT = Path("logs")
@@ -53,12 +55,53 @@ def wandb_mode() -> str:
     return "offline"
 
 
-def default_loggers(experiment: str) -> list[Logger]:
+def default_loggers(experiment: str, resume: dict[str, Any] | None = None) -> list[Logger]:
+    """The wandb and CSV loggers; ``resume`` (the ids :class:`RunIdentity` stored) continues those runs."""
+    resume = resume or {}
     run_name = experiment.replace("/", "-")
+    wandb_resume = {"id": resume["wandb"], "resume": "allow"} if "wandb" in resume else {}
     return [
-        WandbLogger(project="research", name=run_name, save_dir=str(LOG_ROOT), mode=wandb_mode()),
-        CSVLogger(save_dir=str(LOG_ROOT / "csv"), name=experiment),
+        WandbLogger(project="research", name=run_name, save_dir=str(LOG_ROOT), mode=wandb_mode(), **wandb_resume),
+        ContinuedCSVLogger(
+            save_dir=str(LOG_ROOT / "csv"), name=experiment, version=resume.get("csv"), resume_step=resume.get("step")
+        ),
     ]
+
+
+class ContinuedCSVLogger(CSVLogger):
+    """Lightning's CSVLogger, except that writing into an existing version keeps its metrics.csv.
+
+    Lightning's writer deletes an existing metrics.csv; a resumed run appends to it instead, after
+    dropping the rows of steps that the resumed run will log again.
+    """
+
+    def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume_step = resume_step  # the global step of the checkpoint the run resumes from
+
+    @property
+    def experiment(self):
+        if self._experiment is not None:
+            return self._experiment
+        path = Path(self.log_dir) / "metrics.csv"
+        kept: list[dict[str, str]] = []
+        if path.is_file():
+            with path.open(newline="") as file:
+                rows = list(csv.DictReader(file))
+            limit = self.resume_step if self.resume_step is not None else float("inf")
+            kept = [row for row in rows if row.get("step", "") == "" or int(float(row["step"])) <= limit]
+            path.rename(path.with_suffix(".csv.previous"))  # Lightning's writer would delete it
+        writer = super().experiment
+        previous = path.with_suffix(".csv.previous")
+        if previous.exists():
+            keys = sorted({key for row in kept for key in row})
+            with path.open("w", newline="") as file:
+                out = csv.DictWriter(file, fieldnames=keys)
+                out.writeheader()
+                out.writerows(kept)
+            writer.metrics_keys = keys
+            previous.unlink()
+        return writer
 
 
 def default_callbacks(
@@ -76,21 +119,55 @@ def default_callbacks(
         ),
         RichProgressBar(),
         RNGState(),
+        RunIdentity(),
     ]
     if logging:
         defaults.append(LearningRateMonitor(logging_interval="step"))
 
     def covered(default: Callback) -> bool:
-        kind = ProgressBar if isinstance(default, ProgressBar) else type(default)
+        kinds = [k for k in (ProgressBar, LightningModelCheckpoint) if isinstance(default, k)]
+        kind = kinds[0] if kinds else type(default)
         return any(isinstance(c, kind) for c in given)
 
     return [*given, *(c for c in defaults if not covered(c))]
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Write a fit's resolved config to ``config.yaml`` beside its checkpoints (not one shared logs/ file).
+
+    Only ``fit`` writes it (a later ``test`` of the same experiment must not replace the config of the
+    run that made the checkpoints), at the start of fit: after ModelCheckpoint has looked at its folder.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        pass
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.already_saved:
+            return
+        folder = run_folder(trainer)
+        if trainer.is_global_zero:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, str(folder / self.config_filename), skip_none=False, overwrite=True,
+                             multifile=self.multifile)
+            self.save_config(trainer, pl_module, "fit")
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+
+def run_folder(trainer: L.Trainer) -> Path:
+    """Where a run's checkpoints go: its ModelCheckpoint's folder, else the Trainer's root folder."""
+    callback = trainer.checkpoint_callback
+    dirpath = getattr(callback, "dirpath", None) if callback is not None else None
+    return Path(dirpath) if dirpath else Path(trainer.default_root_dir)
 
 
 class ResearchCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("save_config_callback", SaveRunConfig)
+        self.ckpt_path: str | None = None  # the checkpoint the subcommand reads, "last"/"best" resolved
         super().__init__(
             L.LightningModule,
             L.LightningDataModule,
@@ -143,11 +220,43 @@ class ResearchCLI(LightningCLI):
             return "/".join(parts[parts.index("configs") + 1 :]) if "configs" in parts else path.name
         return f"{type(self.model).__name__}-{type(self.datamodule).__name__}".lower()
 
+    def checkpoint_folder(self) -> Path:
+        """checkpoints/<experiment>/, or the folder of a ModelCheckpoint that the config sets."""
+        given = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        for callback in given:
+            if isinstance(callback, LightningModelCheckpoint) and callback.dirpath:
+                return Path(callback.dirpath)
+        return CHECKPOINT_ROOT / self.experiment_name()
+
+    def resolve_ckpt_path(self) -> str | None:
+        """``last`` and ``best`` as files of this experiment's checkpoint folder; an error if missing."""
+        ckpt_path = self._get(self.config, "ckpt_path") if self.subcommand else None
+        if ckpt_path == "best":
+            return str(best_checkpoint(self.checkpoint_folder()))
+        if ckpt_path == "last":
+            last = self.checkpoint_folder() / LAST
+            if not last.is_file():
+                raise FileNotFoundError(
+                    f"--ckpt_path last: there is no {last}, so there is nothing to resume or load. Check "
+                    "--experiment (the default is the config's <family>/<name>), give a checkpoint file as "
+                    "--ckpt_path PATH, or drop --ckpt_path to start from scratch"
+                )
+            return str(last)
+        return ckpt_path
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if "ckpt_path" in kwargs:
+            kwargs["ckpt_path"] = self.ckpt_path
+        return kwargs
+
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})
         experiment = self.experiment_name()
+        self.ckpt_path = self.resolve_ckpt_path()
+        resume = logger_ids(self.ckpt_path) if self.subcommand == "fit" and self.ckpt_path else {}
         if trainer_config.get("logger") in (None, True):
-            kwargs["logger"] = default_loggers(experiment)
+            kwargs["logger"] = default_loggers(experiment, resume)
         logging = trainer_config.get("logger") is not False
         if trainer_config.get("default_root_dir") is None:  # without loggers, config.yaml goes beside the checkpoints
             kwargs["default_root_dir"] = str(CHECKPOINT_ROOT / experiment)

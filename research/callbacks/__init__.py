@@ -2,6 +2,7 @@
 
 from research.callbacks.adversarial_examples import AdversarialExamples
 from research.callbacks.adversarial_training import AdversarialTraining
+from research.callbacks.checkpoint import ModelCheckpoint, RunIdentity
 from research.callbacks.gan_samples import GANSamples
 from research.callbacks.mae_reconstructions import MAEReconstructions
 from research.callbacks.pruning import Pruning
@@ -13,7 +14,9 @@ __all__ = [
     "AdversarialTraining",
     "GANSamples",
     "MAEReconstructions",
+    "ModelCheckpoint",
     "Pruning",
     "RNGState",
     "RobustEvaluation",
+    "RunIdentity",
 ]

@@ -30,7 +30,8 @@ def accuracy(batch_norm: bool, quick: bool) -> Measured:
 
 def gain(quick: bool) -> Measured:
     with_bn, without = accuracy(True, quick), accuracy(False, quick)
-    return Measured(with_bn.value - without.value, math.hypot(with_bn.spread, without.spread))
+    spread = None if with_bn.spread is None else math.hypot(with_bn.spread, without.spread)
+    return Measured(with_bn.value - without.value, spread)
 
 
 TABLE = Table(

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from research.callbacks.checkpoint import LAST
 from research.reproduce.table import Measured
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -57,20 +58,16 @@ def fit_run(config: str, overrides: tuple[str, ...] = (), *, quick: bool = False
     args = ["fit", "--config", str(path), *overrides, "--experiment", f"reproduce/{path.stem}-{tag}",
             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false"]
-    started, start, cpu_start = time.time(), time.perf_counter(), time.process_time()
+    start, cpu_start = time.perf_counter(), time.process_time()
     cli = main([*args, *(QUICK if quick else [])])
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     checkpoint = cli.trainer.checkpoint_callback
-    last = str(getattr(checkpoint, "last_model_path", "") or "")
-    if not last and getattr(checkpoint, "dirpath", None):
-        # Testing the best checkpoint restores the callback's state as it was when that checkpoint was
-        # written, which can predate the last one: find the last checkpoint this run wrote on disk.
-        written = [p for p in Path(checkpoint.dirpath).glob("last*.ckpt") if p.stat().st_mtime >= started]
-        last = str(max(written, key=lambda p: p.stat().st_mtime)) if written else ""
+    # last.ckpt holds the final step of this run (research.callbacks.ModelCheckpoint, tested)
+    last = Path(checkpoint.dirpath) / LAST if getattr(checkpoint, "dirpath", None) else None
     return Run(
         metrics={k: float(v) for k, v in cli.trainer.callback_metrics.items()},
         best=str(getattr(checkpoint, "best_model_path", "") or ""),
-        last=last,
+        last=str(last) if last is not None and last.is_file() else "",
         seconds=seconds,
         cpu_seconds=cpu_seconds,
     )
@@ -89,12 +86,12 @@ def fit_and_test(config: str, overrides: tuple[str, ...] = (), *, quick: bool = 
 
 
 def over_seeds(config: str, overrides: tuple[str, ...], metric: str, seeds: int, *, quick: bool) -> Measured:
-    """Mean and standard deviation of ``metric`` (x100 for accuracies) over ``seeds`` runs."""
+    """Mean and standard deviation of ``metric`` (x100 for accuracies) over ``seeds`` runs (quick: one, no spread)."""
     values = [
         100 * fit_and_test(config, (*overrides, "--seed_everything", str(seed)), quick=quick)[metric]
         for seed in range(1 if quick else seeds)
     ]
-    return Measured(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+    return Measured(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None)
 
 
 def attack_checkpoint(

@@ -22,10 +22,14 @@ if TYPE_CHECKING:
 
 
 class Measured(NamedTuple):
-    """A measurement over several runs (seeds): their mean and standard deviation."""
+    """A measurement over several runs (seeds): their mean and standard deviation (None for one run)."""
 
     value: float
-    spread: float
+    spread: float | None
+
+
+NOT_RUN = "not run yet"
+QUICK_NOTE = " (quick settings: one seed and a few steps, so no spread; not comparable to the paper)"
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,11 @@ class Result:
     extra: dict = field(default_factory=dict)
 
     @property
+    def not_run(self) -> bool:
+        """Never measured (``report`` reads only the cache): neither within tolerance nor outside it."""
+        return self.error is not None and self.error.startswith(NOT_RUN)
+
+    @property
     def ok(self) -> bool:
         if self.ours is None or not math.isfinite(self.ours):
             return False
@@ -106,13 +115,14 @@ def run_table(table: Table, *, quick: bool = False, out: Path | None = None, cac
             saved = json.loads(cache.read_text())
             result.ours, result.spread, result.cached = saved["ours"], saved.get("spread"), True
         elif cached_only and cache is not None:
-            result.error = f"not run yet: python -m research.reproduce {table.name}"
+            result.error = f"{NOT_RUN}: python -m research.reproduce {table.name}"
         else:
             start = time.perf_counter()
             try:
                 measured = row.measure(quick)
                 if isinstance(measured, Measured):
-                    result.ours, result.spread = float(measured.value), float(measured.spread)
+                    result.ours = float(measured.value)
+                    result.spread = None if measured.spread is None else float(measured.spread)
                 else:
                     result.ours = float(measured)
             except Exception as err:  # a failed run is reported in the table, never dropped
@@ -128,16 +138,18 @@ def run_table(table: Table, *, quick: bool = False, out: Path | None = None, cac
 
 def to_markdown(table: Table, results: list[Result], *, quick: bool = False) -> str:
     d = table.digits
-    lines = [f"### {table.title}" + (" (quick settings: not comparable to the paper)" if quick else ""), ""]
+    lines = [f"### {table.title}" + (QUICK_NOTE if quick else ""), ""]
     lines += [
         f"| | paper ({table.unit}) | ours | difference | within ±tolerance | source |",
         "|---|---|---|---|---|---|",
     ]
     for r in results:
         paper = "—" if r.paper is None else f"{r.paper:.{d}f}"
+        if r.not_run:
+            lines.append(f"| {r.label} | {paper} | {r.error} | | not run | {r.source} |")
+            continue
         if r.error is not None:
-            status = r.error if r.error.startswith("not run yet") else f"failed: {r.error}"
-            lines.append(f"| {r.label} | {paper} | {status} | | no | {r.source} |")
+            lines.append(f"| {r.label} | {paper} | failed: {r.error} | | no | {r.source} |")
             continue
         ours = f"{r.ours:.{d}f}" + (f" ± {r.spread:.{d}f}" if r.spread is not None else "")
         if r.paper is None:  # ours only: nothing to compare
@@ -166,7 +178,7 @@ def to_json(table: Table, results: list[Result], *, quick: bool) -> dict:
                 "ours": r.ours,
                 "spread": r.spread,
                 "tolerance": r.tolerance,
-                "within": r.ok if r.paper is not None else None,
+                "within": r.ok if r.paper is not None and not r.not_run else None,
                 "source": r.source,
                 "error": r.error,
                 "seconds": round(r.seconds, 3),

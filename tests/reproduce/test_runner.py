@@ -97,3 +97,27 @@ def test_without_matplotlib_the_table_is_still_written_and_says_why_no_plot(monk
     assert json.loads((tmp_path / "small.json").read_text())["rows"][1]["error"].startswith("ZeroDivisionError")
     assert not (tmp_path / "small.png").exists()
     assert "pip install 'research[plots]'" in capsys.readouterr().err
+
+
+def test_rows_not_run_say_so_and_are_not_judged(monkeypatch, tmp_path, capsys):
+    from research.reproduce import __main__ as runner
+
+    monkeypatch.setattr(runner, "TABLES", {"small": _small_table(None)})
+    assert main(["report", "--out", str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| a ")]
+    assert rows == ["| a | 90.00 | not run yet: python -m research.reproduce small | | not run | s |"]
+
+
+def test_quick_output_says_quick_and_gives_no_spread_for_one_seed(monkeypatch, tmp_path, capsys):
+    from research.reproduce import __main__ as runner
+    from research.reproduce.runs import over_seeds
+
+    monkeypatch.setattr("research.reproduce.runs.fit_and_test", lambda config, overrides, quick: {"acc": 0.5})
+    assert over_seeds("c.yaml", (), "acc", seeds=3, quick=True) == (50.0, None)
+    table = Table(name="seeds", title="mean ± std over 3 seeds", unit="%",
+                  rows=[Row("x", 50.0, 5.0, "s", lambda quick: over_seeds("c.yaml", (), "acc", 3, quick=quick))])
+    monkeypatch.setattr(runner, "TABLES", {"seeds": table})
+    assert main(["seeds", "--quick", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "quick settings: one seed" in printed
+    assert "| x | 50.00 | 50.00 | +0.00 | yes (±5) | s |" in printed  # no "± 0.00" spread of one seed
