@@ -1,5 +1,8 @@
 """Building blocks shared by every model: pure torch + einops, no Lightning.
 
+The one exception: fitting position tables and patch kernels to another size calls timm's
+resampling functions (``timm.layers``), so a converted checkpoint equals timm's.
+
 Shape legend used in every docstring:
 
 - ``B`` batch size
@@ -14,8 +17,15 @@ from research.layers.attention import Attention, KVCache, merge_masks
 from research.layers.block import Block
 from research.layers.drop_path import DropPath, drop_path
 from research.layers.mlp import Mlp
-from research.layers.patch_embed import PatchEmbed, patchify, unpatchify
-from research.layers.pos_embed import resample_pos_embed, sincos_pos_embed_1d, sincos_pos_embed_2d
+from research.layers.patch_embed import PatchEmbed, patchify, resample_patch_embed, unpatchify
+from research.layers.pos_embed import (
+    fit_pos_embed,
+    resample_pos_embed,
+    resize_rel_pos_bias_table,
+    sincos_grid,
+    sincos_pos_embed_1d,
+    sincos_pos_embed_2d,
+)
 from research.layers.separable import DepthwiseSeparableConv2d, separable_weight_ratio
 from research.layers.window import (
     WindowAttention,
@@ -36,11 +46,15 @@ __all__ = [
     "WindowAttention",
     "cyclic_shift_mask",
     "drop_path",
+    "fit_pos_embed",
     "merge_masks",
     "patchify",
     "relative_position_index",
+    "resample_patch_embed",
     "resample_pos_embed",
+    "resize_rel_pos_bias_table",
     "separable_weight_ratio",
+    "sincos_grid",
     "sincos_pos_embed_1d",
     "sincos_pos_embed_2d",
     "unpatchify",

@@ -4,11 +4,13 @@
 kernel and stride are the patch size (timm's layout, so timm weights load as ``proj``).
 :func:`patchify` / :func:`unpatchify` are the parameter-free reshapes MAE uses for its pixel
 targets, with MAE's (p, q, c) order inside a patch so official MAE decoders stay compatible.
+:func:`resample_patch_embed` fits a patch-embedding kernel to another patch size.
 """
 
 from __future__ import annotations
 
 from einops import rearrange
+from timm.layers import resample_patch_embed as _timm_resample_patch_embed
 from torch import Tensor, nn
 
 
@@ -73,6 +75,37 @@ class PatchEmbed(nn.Module):
                 f"pass img_size={size if size[0] != size[1] else size[0]} or resize the input"
             )
         return rearrange(self.proj(x), "b c h w -> b (h w) c")
+
+
+def resample_patch_embed(weight: Tensor, patch_size: int | tuple[int, int]) -> Tensor:
+    """Resize a patch-embedding kernel to another patch size (FlexiViT, Beyer et al. 2023, Sec. 3.4).
+
+    FlexiViT's "PI-resize": the new kernel is the one whose token for a patch resized (bilinearly)
+    from P to P' is the old kernel's token for the original patch, the least-squares solution
+    through the pseudo-inverse of the resize. It is exact when the patch grows (P' >= P) and a
+    least-squares fit when it shrinks. This is ``timm.layers.resample_patch_embed``, which timm's
+    ViT and Swin ``checkpoint_filter_fn`` apply to a checkpoint of another patch size.
+
+    Args:
+        weight: conv kernel (C, in_chans, P, P).
+        patch_size: P', or (P'h, P'w).
+
+    Returns:
+        (C, in_chans, P'h, P'w) in the dtype of ``weight``; ``weight`` itself when the size is unchanged.
+
+    Raises:
+        ValueError: ``weight`` is not a 4D conv kernel.
+
+    """
+    if weight.dim() != 4:
+        raise ValueError(
+            f"a patch-embedding kernel is (C, in_chans, P, P), got shape {tuple(weight.shape)}; "
+            "a checkpoint that stores it as a linear layer must be converted to a conv first"
+        )
+    new_size = _pair(patch_size)
+    if tuple(weight.shape[-2:]) == new_size:
+        return weight
+    return _timm_resample_patch_embed(weight, list(new_size))
 
 
 def patchify(imgs: Tensor, patch_size: int) -> Tensor:

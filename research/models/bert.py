@@ -5,6 +5,8 @@
 Reference implementation matched: Hugging Face ``transformers`` ``BertModel`` / ``BertForMaskedLM``
 (``BertForPreTraining`` with the next-sentence head); their state_dicts load through
 ``import_weights`` (layout ``"huggingface"``) and give the same logits (tests/models/test_bert.py).
+A checkpoint with more positions loads into a model with a smaller ``max_positions`` (its first
+rows); one with fewer is refused.
 
 - Embeddings (Sec. 3, Fig. 2): token + segment + learned position, then LayerNorm and dropout.
 - Encoder: post-norm blocks (LayerNorm after each residual sum, as in the original Transformer)
@@ -31,7 +33,7 @@ from torch import Tensor, nn
 
 from research.layers import Block
 from research.models.registry import register_model
-from research.models.weights import StateDict, register_layout
+from research.models.weights import StateDict, register_layout, register_resize
 
 LAYER_NORM_EPS = 1e-12  # the original TF code's; HF's BertConfig default too
 
@@ -380,5 +382,33 @@ def _from_huggingface(model: nn.Module, sd: StateDict) -> StateDict:
     return out
 
 
+def _fit_positions(model: nn.Module, sd: StateDict) -> StateDict:
+    """Fit the learned position table (max_positions x C) to the model's ``max_positions``.
+
+    Row i is position i, so a model with fewer positions than the checkpoint keeps its first rows
+    and every position keeps its meaning. More positions than the checkpoint learned are refused:
+    rows beyond its last were never trained (BERT learns them from its pre-training lengths, Sec. A.2),
+    and inventing them silently would be a guess.
+
+    Raises:
+        ValueError: the checkpoint has fewer positions than the model.
+    """
+    for key, table in sd.items():
+        if not key.endswith("embeddings.position_embeddings.weight") or table.dim() != 2:
+            continue
+        have, want = table.shape[0], model.max_positions
+        if have > want:
+            sd[key] = table[:want].clone()
+        elif have < want:
+            raise ValueError(
+                f"the checkpoint learned {have} positions (max_position_embeddings={have}) but this model has "
+                f"max_positions={want}; build it with max_positions<={have} (positions past the checkpoint's "
+                "were never trained)"
+            )
+    return sd
+
+
 register_layout(Bert, "huggingface", detect=lambda sd: _is_hf_bert(sd, ""), convert=_from_huggingface)
 register_layout(BertForMaskedLM, "huggingface", detect=lambda sd: _is_hf_bert(sd, "bert."), convert=_from_huggingface)
+register_resize(Bert, _fit_positions)
+register_resize(BertForMaskedLM, _fit_positions)

@@ -36,10 +36,10 @@ import torch
 from einops import repeat
 from torch import Tensor, nn
 
-from research.layers import Block, patchify, resample_pos_embed, sincos_pos_embed_2d, unpatchify
+from research.layers import Block, patchify, sincos_grid, sincos_pos_embed_2d, unpatchify
 from research.models.registry import register_model
 from research.models.vit import VisionTransformer
-from research.models.weights import StateDict, register_layout
+from research.models.weights import StateDict, register_layout, register_resize
 
 
 class MAEOutput(NamedTuple):
@@ -377,12 +377,37 @@ def _official_to_ours(model: nn.Module, sd: StateDict) -> StateDict:
 register_layout(MaskedAutoencoderViT, "mae", detect=_is_official_mae, convert=_official_to_ours)
 
 
+def _fixed_tables_for_model(model: MaskedAutoencoderViT, sd: StateDict) -> StateDict:
+    """Give the model its own sin-cos tables when the checkpoint's are for another patch grid.
+
+    Both position tables are fixed 2D sin-cos functions of the patch grid (Sec. 3, not learned),
+    so for another grid the right table is the model's own, not a resample. The checkpoint's grid
+    is read from its table's values (:func:`~research.layers.sincos_grid`), so a table of another
+    grid with the same number of patches (8x8 vs 4x16) is caught too; a table of the model's shape
+    that is not a sin-cos table loads as it is. Other shapes (width, patch size: ``decoder_pred``
+    predicts P*P*C pixels) are left for the fit check to refuse.
+    """
+    own = model.state_dict()
+    for key in ("encoder.pos_embed", "decoder_pos_embed"):
+        if key not in sd or sd[key].shape[-1] != own[key].shape[-1]:
+            continue
+        grid = sincos_grid(sd[key], num_prefix_tokens=1)
+        if sd[key].shape != own[key].shape or (grid is not None and grid != tuple(model.grid_size)):
+            sd[key] = own[key].detach().clone()
+    return sd
+
+
+register_resize(MaskedAutoencoderViT, _fixed_tables_for_model)
+
+
 def _mae_encoder_for_vit(model: nn.Module, sd: StateDict) -> StateDict:
     """The encoder of an MAE checkpoint as a ViT classifier's weights (MAE's fine-tuning, App. A.2/A.3).
 
     The decoder is dropped; the classifier keeps its own freshly initialised ``head`` (and
     ``fc_norm`` with average pooling, where MAE's fine-tuning also drops the encoder's ``norm``).
-    ``pos_embed`` becomes a learned table, resampled if the classifier sees another patch grid.
+    ``pos_embed`` becomes a learned table, resampled (by ViT's resize, after this) if the
+    classifier has another patch grid; the grid of the MAE's sin-cos table is read from its values,
+    so a non-square pre-training grid is resampled right too.
     """
     sd = {re.sub(r"^encoder\.", "", k): v for k, v in sd.items() if not k.startswith(_DECODER_KEYS)}
     own = model.state_dict()
@@ -390,12 +415,7 @@ def _mae_encoder_for_vit(model: nn.Module, sd: StateDict) -> StateDict:
     for key in own:
         if key.startswith(("head.", "fc_norm.")):
             sd[key] = own[key]
-    if "pos_embed" in sd and sd["pos_embed"].shape[1] != own["pos_embed"].shape[1]:
-        # A square pre-training grid is assumed, as timm does without a pretrained config.
-        sd["pos_embed"] = resample_pos_embed(
-            sd["pos_embed"], model.patch_embed.grid_size, num_prefix_tokens=model.num_prefix_tokens
-        )
-    return sd
+    return sd  # VisionTransformer's resize then fits pos_embed and the patch kernel to its grid
 
 
 register_layout(

@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from research.layers import DropPath, Mlp, PatchEmbed, WindowAttention
+from research.layers import DropPath, Mlp, PatchEmbed, WindowAttention, resample_patch_embed, resize_rel_pos_bias_table
 from research.models.registry import register_model
-from research.models.weights import StateDict, register_layout
+from research.models.weights import StateDict, register_layout, register_resize
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -406,7 +406,7 @@ def swin_tiny_patch2_window7_28(**kwargs) -> SwinTransformer:
 # ----------------------------------------------------------------------------------------------
 # Weight import: timm's layout and the official Microsoft one.
 
-# Buffers that older timm and the official code saved; ours are rebuilt, never loaded.
+# Buffers that older timm and the official code saved; ours are rebuilt for each window, never loaded.
 _BUFFERS = ("relative_position_index", "attn_mask")
 _SWIN_KEYS = ("patch_embed.", "layers.", "norm.", "head.")
 
@@ -426,26 +426,32 @@ def _is_microsoft(sd: Mapping[str, Tensor]) -> bool:
     return _is_swin(sd) and "layers.0.downsample.reduction.weight" in sd
 
 
-def _crop_bias_tables(model: SwinTransformer, sd: StateDict) -> StateDict:
-    """Fit each relative position bias table to the model's window.
+def _fit_to_model(model: SwinTransformer, sd: StateDict) -> StateDict:
+    """Fit the checkpoint's grid-shaped tensors to this model, for every layout (timm, Microsoft, ours).
 
-    A table learned for a larger window (e.g. 7x7 weights in a model whose last stage has a 4x4
-    window) is cropped to the offsets the smaller window can see, which is exactly what a model
-    with the larger table computes on that stage. Larger windows than the checkpoint's would need
-    interpolation; they are left for :func:`~research.models.weights.check_fits` to report.
+    - Each ``relative_position_bias_table`` of another window is resized to its block's window
+      (:func:`~research.layers.resize_rel_pos_bias_table`): cropped for a smaller window (what the
+      larger-window model computes on a stage that shrinks its window), interpolated as timm does
+      for a larger one. A checkpoint's window is read from the table as a square window (every
+      published Swin has one); a table of a non-square window is refused.
+    - ``patch_embed.proj.weight`` of another patch size is resized as timm's Swin
+      ``checkpoint_filter_fn`` does (:func:`~research.layers.resample_patch_embed`, FlexiViT).
+
+    The ``relative_position_index`` and ``attn_mask`` buffers are never loaded: they are functions
+    of the window, rebuilt by each block for its own window.
     """
     own = model.state_dict()
     for key, table in sd.items():
         if not key.endswith("relative_position_bias_table") or key not in own or table.shape == own[key].shape:
             continue
-        th, tw = model.get_submodule(key.rsplit(".", 1)[0]).window_size
-        # A square checkpoint window is assumed (every published Swin has one).
-        side = int(round(table.shape[0] ** 0.5))
-        m = (side + 1) // 2
-        if side * side != table.shape[0] or th > m or tw > m:
-            continue
-        grid = rearrange(table, "(dy dx) h -> dy dx h", dy=side)
-        sd[key] = rearrange(grid[m - th : m + th - 1, m - tw : m + tw - 1], "dy dx h -> (dy dx) h")
+        window = model.get_submodule(key.rsplit(".", 1)[0]).window_size
+        try:
+            sd[key] = resize_rel_pos_bias_table(table, window)
+        except ValueError as err:
+            raise ValueError(f"{key}: {err}") from None
+    kernel = sd.get("patch_embed.proj.weight")
+    if kernel is not None and kernel.dim() == 4:
+        sd["patch_embed.proj.weight"] = resample_patch_embed(kernel, model.patch_embed.patch_size)
     return sd
 
 
@@ -456,7 +462,7 @@ def _from_timm(model: SwinTransformer, sd: StateDict) -> StateDict:
             continue
         key = key.replace("patch_embed.norm.", "patch_norm.").replace("head.fc.", "head.")
         out[key] = value
-    return _crop_bias_tables(model, out)
+    return out
 
 
 def _from_microsoft(model: SwinTransformer, sd: StateDict) -> StateDict:
@@ -469,3 +475,4 @@ def _from_microsoft(model: SwinTransformer, sd: StateDict) -> StateDict:
 
 register_layout(SwinTransformer, "timm", detect=_is_timm, convert=_from_timm)
 register_layout(SwinTransformer, "microsoft", detect=_is_microsoft, convert=_from_microsoft)
+register_resize(SwinTransformer, _fit_to_model)

@@ -3,8 +3,9 @@
 Reference we match: timm's ``VisionTransformer`` (``timm/models/vision_transformer.py``) in its
 default configuration. Submodule and parameter names are timm's, so a timm state_dict loads
 strict through ``research.models.import_weights`` (layout "timm", which also reads our own
-checkpoints and resamples ``pos_embed`` for another image size), and the logits agree to float
-precision; ``tests/models/test_vit.py`` checks both.
+checkpoints), and the logits agree to float precision; ``tests/models/test_vit.py`` checks both.
+Any import (timm, MAE, ours) resamples ``pos_embed`` to the model's patch grid by grid, not by
+token count, and a patch kernel to its patch size, as timm's ``checkpoint_filter_fn`` does.
 
 Deviations from timm:
 
@@ -26,9 +27,9 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from research.layers import Block, PatchEmbed, resample_pos_embed
+from research.layers import Block, PatchEmbed, fit_pos_embed, resample_patch_embed
 from research.models.registry import register_model
-from research.models.weights import StateDict, register_layout
+from research.models.weights import StateDict, register_layout, register_resize
 
 
 class VisionTransformer(nn.Module):
@@ -248,15 +249,26 @@ def _is_vit_state_dict(sd: Mapping[str, Tensor]) -> bool:
     return required <= sd.keys() and all(k.startswith(_VIT_KEYS) for k in sd)
 
 
-def _resample_to_model(model: VisionTransformer, sd: StateDict) -> StateDict:
-    """Interpolate ``pos_embed`` when the checkpoint was trained on another patch grid."""
-    pos_embed = sd["pos_embed"]
-    if pos_embed.shape[1] != model.pos_embed.shape[1]:
-        # A square training grid is assumed, as timm does without a pretrained config.
-        sd["pos_embed"] = resample_pos_embed(
-            pos_embed, model.patch_embed.grid_size, num_prefix_tokens=int("cls_token" in sd)
+def _fit_to_model(model: VisionTransformer, sd: StateDict, *, source_grid: tuple[int, int] | None = None) -> StateDict:
+    """Fit the checkpoint's grid-shaped tensors to this model, for every layout (timm, MAE, ours).
+
+    - ``patch_embed.proj.weight`` of another patch size is resized as timm's ViT
+      ``checkpoint_filter_fn`` does (:func:`~research.layers.resample_patch_embed`, FlexiViT).
+    - ``pos_embed`` is resampled to the model's patch grid by the checkpoint's grid, not its row
+      count (:func:`~research.layers.fit_pos_embed`, ViT Sec. 3.2); class-token rows are kept.
+    """
+    kernel = sd.get("patch_embed.proj.weight")
+    if kernel is not None and kernel.dim() == 4:
+        sd["patch_embed.proj.weight"] = resample_patch_embed(kernel, model.patch_embed.patch_size)
+    if "pos_embed" in sd:
+        sd["pos_embed"] = fit_pos_embed(
+            sd["pos_embed"],
+            model.patch_embed.grid_size,
+            num_prefix_tokens=int("cls_token" in sd),
+            source_grid=source_grid,
         )
     return sd
 
 
-register_layout(VisionTransformer, "timm", detect=_is_vit_state_dict, convert=_resample_to_model)
+register_layout(VisionTransformer, "timm", detect=_is_vit_state_dict, convert=lambda model, sd: sd)
+register_resize(VisionTransformer, _fit_to_model, takes_source_grid=True)

@@ -2,8 +2,13 @@
 
 Each model family registers the layouts it understands with :func:`register_layout`: a ``detect``
 test on the keys and a ``convert`` that renames/reshapes the tensors into our layout. Submodules are
-named after the reference checkpoints wherever that costs nothing, so most converters only adapt
-shapes (e.g. ViT position embeddings for another image size). Loading is always ``strict=True``.
+named after the reference checkpoints wherever that costs nothing, so most converters only rename.
+
+A family may also register a ``resize`` with :func:`register_resize`: it runs after every layout's
+``convert`` (our own layout included) and fits each grid-shaped tensor to the model by its grid,
+never by its element count (position tables for another patch grid or text length, relative
+position biases for another window, patch kernels for another patch size), or refuses it with a
+ValueError that says what to do. Loading is always ``strict=True``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ class WeightLayout:
 
 
 _LAYOUTS: dict[type, list[WeightLayout]] = {}
+#: model class -> (resize, whether it reads ``source_grid``)
+_RESIZES: dict[type, tuple[Callable[..., StateDict], bool]] = {}
 
 
 def register_layout(
@@ -36,6 +43,22 @@ def register_layout(
 ) -> None:
     """Teach :func:`import_weights` to read the layout ``name`` into models of ``model_cls``."""
     _LAYOUTS.setdefault(model_cls, []).append(WeightLayout(name, detect, convert))
+
+
+def register_resize(
+    model_cls: type, resize: Callable[..., StateDict], *, takes_source_grid: bool = False
+) -> None:
+    """Teach :func:`import_weights` to fit the grid-shaped tensors of ``model_cls`` checkpoints.
+
+    Args:
+        model_cls: the model family (subclasses inherit it).
+        resize: ``resize(model, state_dict)`` in our key names, returning the state_dict with
+            each grid-shaped tensor converted to the model's grid (or raising ValueError); called
+            as ``resize(model, state_dict, source_grid=...)`` if ``takes_source_grid``.
+        takes_source_grid: the family has an absolute position table whose patch grid
+            :func:`import_weights`'s ``source_grid`` states.
+    """
+    _RESIZES[model_cls] = (resize, takes_source_grid)
 
 
 def _unwrap(state_dict: Mapping) -> StateDict:
@@ -52,8 +75,18 @@ def _unwrap(state_dict: Mapping) -> StateDict:
     return sd
 
 
-def import_weights(model: nn.Module, state_dict: Mapping, *, layout: str | None = None) -> str:
+def import_weights(
+    model: nn.Module,
+    state_dict: Mapping,
+    *,
+    layout: str | None = None,
+    source_grid: tuple[int, int] | None = None,
+) -> str:
     """Load ``state_dict`` into ``model``, recognising its layout; returns the layout's name.
+
+    Grid-shaped tensors are fitted to the model by their grid (see :func:`register_resize`): e.g.
+    a ViT position table saved for an 8x8 patch grid is resampled for a model with a 4x16 grid,
+    although both have 64 rows.
 
     Args:
         model: one of our models (e.g. ``create_model("resnet50")``).
@@ -61,10 +94,17 @@ def import_weights(model: nn.Module, state_dict: Mapping, *, layout: str | None 
             ``resnet50().state_dict()`` or timm's ``vit_small_patch16_224``). Checkpoint dicts that
             wrap the weights under ``state_dict``/``model`` are unwrapped.
         layout: force a layout by name instead of detecting it.
+        source_grid: the checkpoint's patch grid (rows, cols), for a ViT/MAE position table whose
+            grid its shape cannot tell: a non-square grid of another token count, or a non-square
+            grid whose count is a square (a 4x16 checkpoint is otherwise read as 8x8, the grid of
+            every timm, torchvision and official MAE checkpoint). See
+            :func:`~research.layers.fit_pos_embed`.
 
     Raises:
-        ValueError: no known layout matches, or the converted weights do not fit the model
-            (the message lists missing/unexpected keys and shape mismatches).
+        ValueError: no known layout matches; a grid-shaped tensor cannot be converted (e.g. a
+            position table whose grid is unknown, a BERT checkpoint with fewer positions than the
+            model); ``source_grid`` for a model without a position table; or the converted weights
+            do not fit the model (the message lists missing/unexpected keys and shape mismatches).
     """
     sd = _unwrap(state_dict)
     layouts = [lay for cls in type(model).__mro__ for lay in _LAYOUTS.get(cls, [])]
@@ -85,6 +125,17 @@ def import_weights(model: nn.Module, state_dict: Mapping, *, layout: str | None 
                 f"first keys: {list(sd)[:5]}. Was the checkpoint saved from another model?"
             )
     converted = chosen.convert(model, dict(sd))
+    resize, takes_source_grid = next(
+        (_RESIZES[cls] for cls in type(model).__mro__ if cls in _RESIZES), (None, False)
+    )
+    if source_grid is not None and not takes_source_grid:
+        raise ValueError(
+            f"source_grid is the patch grid of a ViT/MAE position table; {type(model).__name__} has "
+            "none to resample: drop source_grid"
+        )
+    if resize is not None:
+        extra = {"source_grid": source_grid} if takes_source_grid else {}
+        converted = resize(model, converted, **extra)
     check_fits(model, converted, f"{chosen.name} weights")
     model.load_state_dict(converted, strict=True)
     return chosen.name

@@ -4,7 +4,7 @@ from einops import rearrange
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from research.layers import PatchEmbed, patchify, unpatchify
+from research.layers import PatchEmbed, patchify, resample_patch_embed, unpatchify
 
 
 def loop_patchify(imgs, p):
@@ -76,3 +76,29 @@ def test_patchify_errors():
         patchify(torch.zeros(1, 3, 6, 8), 4)
     with pytest.raises(ValueError, match=r"unpatchify needs \(B, h\*w, P\*P\*C\)"):
         unpatchify(torch.zeros(1, 5, 48), 4, 2, 3)
+
+
+@pytest.mark.parametrize("old,new", [(16, 8), (4, 6), (14, (16, 8))])
+def test_patch_kernel_resamples_like_timm(old, new):
+    timm_resample = pytest.importorskip("timm.layers").resample_patch_embed
+    kernel = torch.randn(5, 3, old, old)
+    size = (new, new) if isinstance(new, int) else new
+    ours = resample_patch_embed(kernel, new)
+    assert ours.shape == (5, 3, *size)
+    torch.testing.assert_close(ours, timm_resample(kernel, list(size)), rtol=0, atol=0)
+    assert resample_patch_embed(kernel, old) is kernel
+
+
+def test_pi_resize_keeps_the_token_of_an_upsampled_patch():
+    # FlexiViT Sec. 3.4: <x, w> = <resize(x), PI-resize(w)> when the patch grows
+    import torch.nn.functional as F
+
+    kernel, patch = torch.randn(4, 1, 4, 4), torch.randn(1, 1, 4, 4)
+    bigger = F.interpolate(patch, size=(8, 8), mode="bicubic", antialias=True)
+    tokens = F.conv2d(patch, kernel), F.conv2d(bigger, resample_patch_embed(kernel, 8))
+    torch.testing.assert_close(*tokens, atol=1e-4, rtol=1e-4)
+
+
+def test_patch_kernel_that_is_not_a_conv_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"\(C, in_chans, P, P\), got shape \(5, 48\)"):
+        resample_patch_embed(torch.randn(5, 48), 8)

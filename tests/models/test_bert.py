@@ -195,3 +195,26 @@ def test_original_hub_layernorm_names_load():
     import_weights(b, old_names)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(p, q, msg=name)
+
+
+def test_fewer_positions_keep_the_checkpoints_first_rows_and_more_are_refused(batch):
+    transformers = pytest.importorskip("transformers")
+    ids, segments, padding = batch
+    config = transformers.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )  # max_position_embeddings=512
+    torch.manual_seed(3)
+    reference = transformers.BertForMaskedLM(config).eval()
+    ours = BertForMaskedLM(**TINY).eval()  # 24 positions
+    assert import_weights(ours, reference.state_dict()) == "huggingface"
+    table = reference.bert.embeddings.position_embeddings.weight
+    torch.testing.assert_close(ours.bert.embeddings.position_embeddings.weight, table[:24], rtol=0, atol=0)
+    with torch.no_grad():  # position i keeps its meaning: sequences that fit give the same logits
+        expected = reference(input_ids=ids, token_type_ids=segments, attention_mask=(~padding).long()).logits
+        got = ours(ids, segments, padding)
+    torch.testing.assert_close(got[~padding], expected[~padding], atol=1e-4, rtol=0)
+    longer = BertForMaskedLM(**TINY | {"max_positions": 600})
+    with pytest.raises(ValueError, match=r"max_position_embeddings=512\) but this model has max_positions=600"):
+        import_weights(longer, reference.state_dict())
+    with pytest.raises(ValueError, match="max_positions=600"):
+        import_weights(longer, ours.state_dict())  # our own layout too

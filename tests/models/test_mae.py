@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from research.layers import sincos_pos_embed_2d
+from research.layers import sincos_grid, sincos_pos_embed_2d
 from research.models import create_model, import_weights, list_models
 from research.models.mae import MaskedAutoencoderViT, num_visible, random_masking
 
@@ -317,3 +317,34 @@ def test_checkpoint_of_another_architecture_is_refused():
         import_weights(create_model("resnet20"), tiny().state_dict())
     with pytest.raises(ValueError, match="match none of the layouts known for MaskedAutoencoderViT"):
         import_weights(tiny(), vit().state_dict())
+
+
+# ---- position tables of another patch grid -------------------------------------------------------
+
+
+@pytest.mark.parametrize("source_size,target_size", [((32, 32), (16, 64)), ((16, 64), (32, 32)), ((16, 32), (24, 24))])
+def test_encoder_table_is_resampled_from_its_own_grid_into_a_vit(source_size, target_size):
+    # 8x8 -> 4x16 has the same 64 tokens: the import used to copy the table (max 1.99 off the resample).
+    # A non-square MAE grid is read from its sin-cos table, so 4x16 -> 8x8 and 4x8 -> 6x6 are right too.
+    from timm.layers import resample_abs_pos_embed
+
+    mae = tiny(img_size=source_size)
+    classifier = vit(img_size=target_size)
+    assert import_weights(classifier, mae.state_dict()) == "mae"
+    old, new = mae.grid_size, classifier.patch_embed.grid_size
+    expected = resample_abs_pos_embed(mae.encoder.pos_embed, list(new), list(old), num_prefix_tokens=1)
+    torch.testing.assert_close(classifier.pos_embed.detach(), expected, rtol=0, atol=0)
+
+
+def test_mae_of_another_grid_keeps_its_own_sincos_tables():
+    source, target = tiny(img_size=(32, 32)), tiny(img_size=(16, 64))  # 8x8 and 4x16: 64 patches each
+    own = {k: v.clone() for k, v in target.state_dict().items() if "pos_embed" in k}
+    import_weights(target, source.state_dict())
+    for key, table in own.items():
+        torch.testing.assert_close(target.state_dict()[key], table, rtol=0, atol=0, msg=key)
+    torch.testing.assert_close(target.encoder.blocks[0].attn.qkv.weight, source.encoder.blocks[0].attn.qkv.weight)
+    grown = tiny(img_size=(16, 16))  # 4x4: another count, the model's own tables too
+    import_weights(grown, tiny().state_dict())
+    assert sincos_grid(grown.decoder_pos_embed) == (4, 4) and sincos_grid(grown.encoder.pos_embed) == (4, 4)
+    with pytest.raises(ValueError, match=r"shape mismatch .*patch_embed.proj.weight"):
+        import_weights(tiny(img_size=(16, 24), patch_size=8), tiny().state_dict())  # decoder predicts 4x4 patches

@@ -224,3 +224,45 @@ def test_images_the_patch_size_does_not_divide_stop_before_training():
     with pytest.raises(ValueError, match="a 31x31 image is not divisible into 2x2 patches"):
         trainer.fit(task, data)
     assert trainer.global_step == 0
+
+
+# ---- relative position biases and patch kernels of another size ----------------------------------
+
+
+def test_a_larger_window_interpolates_the_bias_tables_like_timm():
+    from timm.layers import resize_rel_pos_bias_table
+
+    weights = timm_tiny(depths=(2, 2, 2, 2)).state_dict()  # 7x7 windows, and the index buffers
+    ours = create_model("swin_tiny_patch4_window7_224", depths=(2, 2, 2, 2), window_size=12)
+    import_weights(ours, microsoft_layout(weights))  # its zero index buffers must not be loaded
+    for key, table in ours.state_dict().items():
+        if key.endswith("relative_position_bias_table"):
+            window = ours.get_submodule(key.rsplit(".", 1)[0]).window_size  # 12, but 7 where the map is 7
+            expected = resize_rel_pos_bias_table(weights[key], window, table.shape)
+            torch.testing.assert_close(table, expected, rtol=0, atol=0, msg=key)
+    assert ours.layers[0].blocks[0].attn.relative_position_bias_table.shape == (23 * 23, 3)
+    assert not any(k.endswith("relative_position_index") for k in ours.state_dict())  # rebuilt per window
+    ours.eval()(images(224, batch=1))
+    attn = ours.layers[0].blocks[0].attn
+    assert attn.relative_position_index.max() == 23 * 23 - 1
+
+
+def test_own_checkpoint_at_another_window_and_patch_size():
+    from timm.layers import resample_patch_embed
+
+    source = SwinTransformer(**{**TINY, "window_size": 8, "img_size": 32})  # 15x15-offset tables
+    target = SwinTransformer(**{**TINY, "patch_size": 4, "img_size": 32})  # 4x4 windows, 4x4 patches
+    assert import_weights(target, source.state_dict()) == "research"
+    table = source.layers[0].blocks[0].attn.relative_position_bias_table.reshape(15, 15, -1)
+    torch.testing.assert_close(
+        target.layers[0].blocks[0].attn.relative_position_bias_table, table[4:11, 4:11].reshape(49, -1)
+    )
+    expected = resample_patch_embed(source.patch_embed.proj.weight, [4, 4])
+    torch.testing.assert_close(target.patch_embed.proj.weight, expected, rtol=0, atol=0)
+
+
+def test_a_non_square_windows_table_is_refused():
+    weights = create_model("swin_tiny_patch4_window7_224", depths=(2, 2, 2, 2), img_size=(224, 112)).state_dict()
+    model = create_model("swin_tiny_patch4_window7_224", depths=(2, 2, 2, 2))
+    with pytest.raises(ValueError, match=r"layers.3.blocks.0.attn.relative_position_bias_table: .*91 rows"):
+        import_weights(model, weights)

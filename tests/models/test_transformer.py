@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from research.layers import Attention, KVCache
-from research.models import build_model, create_model
+from research.layers import Attention, KVCache, sincos_pos_embed_1d
+from research.models import build_model, create_model, import_weights
 from research.models.transformer import Transformer
 
 V, PAD = 40, 0
@@ -163,3 +163,12 @@ def test_attention_kv_cache_self_and_cross():
     # a filled cross-attention cache is used instead of the context it was computed from
     torch.testing.assert_close(attn(x[:, :2], torch.zeros_like(context), cache=cross), first)
     assert len(cross) == 4 and len(cross.index_select(torch.tensor([1]))) == 4
+
+
+def test_weights_load_at_another_max_length_with_the_sinusoids_recomputed():
+    # The table is a fixed function of the position (Sec. 3.5), kept out of the state_dict.
+    source = create_model("transformer_tiny", vocab_size=40, max_positions=64)
+    target = create_model("transformer_tiny", vocab_size=40, max_positions=16)
+    assert not any("pos_embed" in k for k in source.state_dict())
+    assert import_weights(target, source.state_dict()) == "research"
+    torch.testing.assert_close(target.pos_embed, sincos_pos_embed_1d(16, target.pos_embed.shape[1]), rtol=0, atol=0)

@@ -144,3 +144,65 @@ def test_foreign_or_mismatched_weights_are_refused():
     other = VisionTransformer(**{**TINY, "num_classes": 7}).state_dict()
     with pytest.raises(ValueError, match="do not fit"):
         import_weights(model, other)
+
+
+# ---- grid-shaped tensors are converted by their grid, not their size ----------------------------
+
+
+def test_an_8x8_checkpoint_at_a_4x16_grid_is_resampled_not_copied():
+    # Same 64 tokens: the import used to copy pos_embed unchanged, scrambling the layout (max 0.086 off).
+    from timm.layers import resample_abs_pos_embed
+
+    source = VisionTransformer(**{**TINY, "img_size": 32}).eval()  # 8x8 patches
+    target = VisionTransformer(**{**TINY, "img_size": (16, 64)}).eval()  # 4x16 patches
+    with pytest.warns(UserWarning, match="read as a square 8x8 grid"):
+        import_weights(target, source.state_dict())
+    expected = resample_abs_pos_embed(source.pos_embed.detach(), [4, 16], [8, 8], num_prefix_tokens=1)
+    torch.testing.assert_close(target.pos_embed.detach(), expected, rtol=0, atol=0)
+    # stating the grid gives the same, silently; a 4x16 checkpoint (our own round trip) loads as is
+    again = VisionTransformer(**{**TINY, "img_size": (16, 64)})
+    import_weights(again, source.state_dict(), source_grid=(8, 8))
+    torch.testing.assert_close(again.pos_embed, target.pos_embed, rtol=0, atol=0)
+    import_weights(again, target.state_dict(), source_grid=(4, 16))
+    torch.testing.assert_close(again.pos_embed, target.pos_embed, rtol=0, atol=0)
+
+
+def test_timm_weights_at_a_non_square_size_equal_timms_own_resampling():
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    weights = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2).state_dict()  # 14x14
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2, img_size=(112, 448)).eval()
+    ref.load_state_dict(checkpoint_filter_fn(weights, ref), strict=True)
+    ours = create_model("vit_tiny_patch16_224", depth=2, img_size=(112, 448)).eval()  # 7x28: 196 tokens too
+    with pytest.warns(UserWarning, match="14x14"):
+        import_weights(ours, weights)
+    torch.testing.assert_close(ours.pos_embed, ref.pos_embed, rtol=0, atol=0)
+    x = torch.randn(1, 3, 112, 448, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-4, rtol=1e-4)
+
+
+def test_another_patch_size_resamples_the_kernel_like_timm():
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    weights = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2).state_dict()
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2, patch_size=32).eval()
+    ref.load_state_dict(checkpoint_filter_fn(weights, ref), strict=True)
+    ours = create_model("vit_tiny_patch16_224", depth=2, patch_size=32).eval()
+    import_weights(ours, weights)
+    torch.testing.assert_close(ours.patch_embed.proj.weight, ref.patch_embed.proj.weight, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(images(224)), ref(images(224)), atol=1e-4, rtol=1e-4)
+
+
+def test_a_grid_the_checkpoint_cannot_tell_is_refused_until_given():
+    source = VisionTransformer(**{**TINY, "img_size": (16, 32)})  # 4x8: 32 tokens, not a square
+    target = VisionTransformer(**{**TINY, "img_size": 32})
+    with pytest.raises(ValueError, match=r"32 grid positions, which is not a square.*pass source_grid"):
+        import_weights(target, source.state_dict())
+    import_weights(target, source.state_dict(), source_grid=(4, 8))
+    assert target.pos_embed.shape == (1, 1 + 64, 32)
+    with pytest.raises(ValueError, match=r"source_grid=\(3, 3\) has 9 positions"):
+        import_weights(target, source.state_dict(), source_grid=(3, 3))
+    with pytest.raises(ValueError, match="ResNet has none to resample: drop source_grid"):
+        import_weights(create_model("resnet20"), create_model("resnet20").state_dict(), source_grid=(4, 4))
