@@ -29,6 +29,7 @@ from tokenizers import Tokenizer
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from research.data.loaders import TEST_ORDER_SEED, make_loader, trainer_position
 from research.data.text import Splits, parallel_corpus
 from research.data.tokenizer import SpecialTokens, text_tokenizer
 
@@ -106,8 +107,9 @@ class LengthBucketSampler(Sampler[list[int]]):
     fit ``max_tokens`` padded tokens (a batch of n examples of longest length m costs n * m, as in
     fairseq's ``max_tokens``); the batches are then shuffled. Sorting within pools, not the whole
     set, keeps batches different from epoch to epoch (Vaswani et al. 2017, Sec. 5.1: "sentence
-    pairs were batched together by approximate sequence length"). Without ``shuffle`` the whole set
-    is sorted once and the batches come in order of length: evaluation order is fixed.
+    pairs were batched together by approximate sequence length"). Without ``shuffle`` the order is
+    fixed, whatever the epoch: epoch 0's pools and batches (evaluation sees sentences of every
+    length and topic in its first batches, and the same ones in every run with the same ``seed``).
 
     The order depends only on ``seed`` and the epoch (:meth:`set_epoch`), so a run is reproducible
     and a resumed run sees the batches it would have seen. Under DDP every process draws the same
@@ -119,7 +121,7 @@ class LengthBucketSampler(Sampler[list[int]]):
         lengths: the length of each example (e.g. max(source, target) tokens).
         batch_size: examples per batch; exactly one of ``batch_size`` and ``max_tokens``.
         max_tokens: padded tokens per batch (an example longer than it gets a batch of its own).
-        shuffle: shuffle pools and batches (training); False sorts the whole set (evaluation).
+        shuffle: a new order every epoch (training); False keeps epoch 0's (evaluation).
         pool_size: examples sorted together; None takes 100 batches' worth.
         seed: seed of the shuffling, combined with the epoch.
         num_replicas: processes sharing the batches (DDP world size).
@@ -194,9 +196,8 @@ class LengthBucketSampler(Sampler[list[int]]):
         return batches[self.rank :: self.num_replicas]
 
     def _all_batches(self) -> list[list[int]]:
-        if not self.shuffle:
-            return self._cut(sorted(range(len(self.lengths)), key=lambda i: (self.lengths[i], i)))
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        epoch = self.epoch if self.shuffle else 0
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
         batches = []
         for start in range(0, len(order), self.pool_size):
@@ -210,11 +211,10 @@ class LengthBucketSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         if self.batch_size is None:
             return len(self.batches())
-        if not self.shuffle:
-            total = math.ceil(len(self.lengths) / self.batch_size)
-            return len(range(self.rank, total, self.num_replicas))
         full, rest = divmod(len(self.lengths), self.pool_size)  # each pool is cut on its own
         total = full * math.ceil(self.pool_size / self.batch_size) + math.ceil(rest / self.batch_size)
+        if not self.shuffle:
+            return len(range(self.rank, total, self.num_replicas))
         return total // self.num_replicas
 
 
@@ -403,7 +403,8 @@ class TranslationDataModule(L.LightningDataModule):
                 seed=self.seed,
                 **shard,
             )
-        return LengthBucketSampler(lengths, batch_size=self.eval_batch_size, shuffle=False, **shard)
+        seed = self.seed if split == "val" else TEST_ORDER_SEED
+        return LengthBucketSampler(lengths, batch_size=self.eval_batch_size, shuffle=False, seed=seed, **shard)
 
     def padding_fraction(self, split: str = "train", *, epoch: int = 0) -> float:
         """Fraction of the padded tokens (source and decoder input) of one epoch of ``split`` that are padding."""
@@ -413,12 +414,13 @@ class TranslationDataModule(L.LightningDataModule):
         return padding_fraction(sampler.batches(), src_lengths=dataset.src_lengths, tgt_lengths=dataset.tgt_lengths)
 
     def _loader(self, split: str) -> DataLoader:
-        return DataLoader(
+        return make_loader(
             self.split(split),
-            batch_sampler=self.batch_sampler(split),
+            seed=self.seed,
+            batch_sampler=self.batch_sampler(split),  # orders the batches from (seed, epoch) itself
             num_workers=self.num_workers,
-            collate_fn=TranslationCollator(pad_id=self.special_tokens.pad),
-            persistent_workers=self.num_workers > 0,
+            collate_fn=TranslationCollator(pad_id=self.special_tokens.pad),  # draws nothing at random
+            epoch=trainer_position(self).get("epoch", 0),
         )
 
     def train_dataloader(self) -> DataLoader:

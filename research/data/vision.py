@@ -29,6 +29,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from torchvision.transforms.v2.functional import pil_to_tensor, resize
 
 from research.data.augment import BatchAugment, parse_augment
+from research.data.loaders import TEST_ORDER_SEED, make_loader, run_seed, trainer_position
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -201,7 +202,8 @@ class VisionDataModule(L.LightningDataModule):
             source has no validation split of its own.
         test_fraction: the same for a test split; carved first, with a seed of its own, so that
             the test images are the same in every run.
-        seed: seed of the validation split.
+        seed: seed of the validation split and of its fixed order (the training order and
+            augmentation follow the run's seed, see :mod:`research.data.loaders`).
         pin_memory: pin batches in page-locked memory (faster host-to-GPU copies).
         drop_last: drop the last incomplete training batch.
 
@@ -347,27 +349,28 @@ class VisionDataModule(L.LightningDataModule):
         return self._loader(self.train_set, BatchToFloat(augment), shuffle=True, drop_last=self.drop_last)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, BatchToFloat(), shuffle=False, drop_last=False)
+        return self._loader(self.val_set, BatchToFloat(), shuffle=False, drop_last=False, seed=self.seed)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, BatchToFloat(), shuffle=False, drop_last=False)
+        return self._loader(self.test_set, BatchToFloat(), shuffle=False, drop_last=False, seed=TEST_ORDER_SEED)
 
     def predict_dataloader(self) -> DataLoader:
-        """The test split, in order (``python -m research.fit predict`` writes its class probabilities)."""
-        return self.test_dataloader()
+        """The test split in its own order (``python -m research.fit predict`` writes its class probabilities)."""
+        return self._loader(self.test_set, BatchToFloat(), shuffle=False, drop_last=False, seed=None)
 
     def _loader(
-        self, dataset: Dataset, collate: BatchToFloat, *, shuffle: bool, drop_last: bool
+        self, dataset: Dataset, collate: BatchToFloat, *, shuffle: bool, drop_last: bool, seed: int | None = None
     ) -> DataLoader:
-        return DataLoader(
+        return make_loader(
             dataset,
-            batch_size=self.batch_size,
+            seed=run_seed() if shuffle else seed,
             shuffle=shuffle,
+            batch_size=self.batch_size,
             drop_last=drop_last,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
             collate_fn=collate,
+            **trainer_position(self),
         )
 
 

@@ -1,5 +1,7 @@
+import lightning as L
 import pytest
 import torch
+from lightning.fabric.utilities.data import _set_sampler_epoch
 
 from research.data import MaskedLMDataModule, MLMCollator, mask_tokens_for_mlm
 from research.data.mlm import IGNORE_INDEX, MLMExamples, pack_lines
@@ -115,7 +117,7 @@ def test_evaluation_masks_are_fixed_and_training_masks_are_not(corpus, tmp_path)
     other = datamodule(corpus, tmp_path)
     other.setup("fit")
     assert torch.equal(next(iter(other.val_dataloader()))["labels"], val[0]["labels"])  # same in every run
-    loader = torch.utils.data.DataLoader(dm.train_set, batch_size=8, collate_fn=dm.train_dataloader().collate_fn)
+    loader = torch.utils.data.DataLoader(dm.train_set, batch_size=8, collate_fn=dm.collate())
     train = [next(iter(loader)) for _ in range(2)]
     assert not torch.equal(train[0]["labels"], train[1]["labels"])
 
@@ -151,3 +153,20 @@ def test_datamodule_errors(corpus, tmp_path):
         datamodule(corpus, tmp_path, mask_prob=1.5)
     with pytest.raises(ValueError, match="exceeds 1"):
         mask_tokens_for_mlm(torch.arange(10), mask_token_id=4, vocab_size=10, special_ids=(0,), mask_token_prob=0.95)
+
+
+def test_training_masks_and_pairs_are_a_function_of_seed_epoch_and_batch(corpus, tmp_path):
+    # what makes a resumed run mask as the uninterrupted one did, whatever the workers
+    def epoch_batches(loader, epoch):
+        _set_sampler_epoch(loader, epoch)
+        return [torch.cat([b["input_ids"].flatten(), b["labels"].flatten(), b["next_sentence_label"]]) for b in loader]
+
+    L.seed_everything(0)
+    dm = datamodule(corpus, tmp_path, sentence_pairs=True, next_sentence_prediction=True)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    first, second = epoch_batches(loader, 0), epoch_batches(loader, 1)
+    fresh = dm.train_dataloader()
+    torch.manual_seed(99)  # the global generator plays no part
+    assert all(torch.equal(a, b) for a, b in zip(second, epoch_batches(fresh, 1), strict=True))
+    assert not torch.equal(first[0], second[0])

@@ -1,4 +1,5 @@
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -63,9 +64,12 @@ def test_sampler_covers_every_example_once_and_is_reproducible_per_epoch():
     assert sampler.epoch == 1 and sampler.batches() != first
     sampler.set_epoch(0)
     assert sampler.batches() == first
-    evaluation = LengthBucketSampler(lengths, batch_size=8, shuffle=False).batches()
-    flat = [lengths[i] for batch in evaluation for i in batch]
-    assert flat == sorted(flat) and len(evaluation) == len(LengthBucketSampler(lengths, batch_size=8, shuffle=False))
+    fixed = LengthBucketSampler(lengths, batch_size=8, pool_size=40, shuffle=False, seed=3)
+    evaluation = fixed.batches()
+    assert sorted(i for batch in evaluation for i in batch) == list(range(203)) and len(evaluation) == len(fixed)
+    fixed.set_epoch(1)  # evaluation keeps its order, a random one: short and long sentences early on
+    assert fixed.batches() == evaluation and evaluation == first
+    assert len({lengths[batch[0]] for batch in evaluation[:5]}) > 1  # not sorted by length overall
 
 
 @pytest.mark.parametrize("shuffle", [True, False])
@@ -177,3 +181,24 @@ def test_collator_pads_with_the_pad_id():
     assert batch["tgt_in"].tolist() == [[2, 8, 9], [2, 0, 0]]
     assert batch["tgt_out"].tolist() == [[8, 9, 3], [3, 0, 0]]
     assert batch["index"].tolist() == [0, 5]
+
+
+def test_a_train_loader_built_in_a_resumed_epoch_starts_with_that_epoch(corpus, tmp_path):
+    # Lightning creates the epoch's iterator before it calls set_epoch; the bucket sampler draws at once
+    dm = datamodule(corpus, tmp_path)
+    progress = SimpleNamespace(current=SimpleNamespace(processed=2))
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=1, fit_loop=SimpleNamespace(epoch_progress=progress))
+    expected = dm.batch_sampler("train")
+    expected.set_epoch(2)
+    src = next(iter(dm.train_dataloader()))["src"]
+    assert torch.equal(src, TranslationCollator(pad_id=dm.special_tokens.pad)(
+        [dm.split("train")[i] for i in expected.batches()[0]])["src"])
+
+
+def test_evaluation_batches_come_in_a_fixed_order_of_mixed_lengths(corpus, tmp_path):
+    dm, again = (datamodule(corpus, tmp_path, eval_batch_size=4) for _ in range(2))
+    for split in ("val", "test"):
+        batches = dm.batch_sampler(split).batches()
+        assert batches == again.batch_sampler(split).batches()
+        firsts = [dm.split(split).src_lengths[batch[0]] for batch in batches]
+        assert firsts != sorted(firsts)  # not shortest first: a limit_val_batches sees every length

@@ -4,6 +4,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.fabric.utilities.data import _set_sampler_epoch
 from torch import nn
 
 import research
@@ -93,8 +94,11 @@ def test_embedded_split_is_fixed_disjoint_and_complete():
 def test_val_and_test_loaders_are_deterministic_and_unaugmented():
     dm = SyntheticImages(augment="crop_flip", batch_size=32)
     dm.setup()
-    stored = dm.val_set.dataset.images[dm.val_set.indices]
-    assert torch.equal(all_images(dm.val_dataloader()), to_float(stored))
+    loader = dm.val_dataloader()
+    order = loader.dataset.indices  # a fixed permutation of the split (research.data.loaders.fixed_order)
+    assert sorted(order) == list(range(len(dm.val_set)))
+    stored = dm.val_set.dataset.images[[dm.val_set.indices[i] for i in order]]
+    assert torch.equal(all_images(loader), to_float(stored))
     assert torch.equal(all_images(dm.test_dataloader()), all_images(dm.test_dataloader()))
 
 
@@ -112,7 +116,10 @@ def test_augmentation_changes_train_batches_only():
 def test_train_loader_shuffles_and_drops_last():
     dm = SyntheticImages(num_samples=100, batch_size=16)  # 80 train images: 5 full batches
     dm.setup()
-    first, second = ([y for _, y in dm.train_dataloader()] for _ in range(2))
+    loader = dm.train_dataloader()
+    first = [y for _, y in loader]
+    _set_sampler_epoch(loader, 1)  # what Lightning calls before each epoch
+    second = [y for _, y in loader]
     assert [len(y) for y in first] == [16] * 5
     assert not all(torch.equal(p, q) for p, q in zip(first, second))
 
@@ -174,7 +181,7 @@ def test_npz_float_nhwc_with_class_names(tmp_path):
     dm = NpzImages(path, class_names=["a", "b", "c"], batch_size=8)
     assert (dm.num_classes, dm.in_chans, dm.img_size, dm.class_names) == (3, 3, 10, ("a", "b", "c"))
     dm.setup()
-    x, _ = first_batch(dm.test_dataloader())
+    x, _ = first_batch(dm.predict_dataloader())  # the split's own order
     expected = torch.from_numpy(images[dm.test_set.indices[: len(x)]]).permute(0, 3, 1, 2)
     torch.testing.assert_close(x, expected)
 

@@ -73,12 +73,12 @@ def test_mnist_family_reads_torchvision_layout(tmp_path, cls, suffix):
     assert dm.mean == cls.MEAN and dm.std == cls.STD
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (36, 4, 10)  # official test kept
-    images, labels = next(iter(dm.test_dataloader()))
+    images, labels = next(iter(dm.predict_dataloader()))  # the source's order
     assert images.shape == (8, 1, 32, 32) and images.dtype == torch.float32
     np.testing.assert_array_equal(labels.numpy(), arrays["t10k-labels"][:8])
     native = cls(root=tmp_path, batch_size=10)
     native.setup()
-    images, _ = next(iter(native.test_dataloader()))
+    images, _ = next(iter(native.predict_dataloader()))
     np.testing.assert_array_equal((images[:, 0] * 255).round().numpy(), arrays["t10k-images"])
 
 
@@ -124,7 +124,7 @@ def test_cifar10_reads_python_batches(tmp_path):
     assert (dm.num_classes, dm.in_chans, dm.img_size, dm.class_names[0]) == (10, 3, 32, "airplane")
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (16, 4, 6)
-    images, labels = next(iter(dm.test_dataloader()))
+    images, labels = next(iter(dm.predict_dataloader()))  # the source's order
     np.testing.assert_array_equal((images * 255).round().numpy(), test)
     assert labels.tolist() == list(range(6))
     assert sorted(dm.train_set.dataset.labels.tolist()) == sorted(
@@ -147,7 +147,7 @@ def test_cifar100_fine_labels_and_grey_conversion(tmp_path):
     assert dm.class_names[:2] == ("apple", "aquarium_fish") and dm.class_names[-1] == "worm"
     assert len(dm.mean) == 1 and dm.mean[0] == pytest.approx(0.299 * 0.5071 + 0.587 * 0.4865 + 0.114 * 0.4409)
     dm.setup()
-    images, labels = next(iter(dm.test_dataloader()))
+    images, labels = next(iter(dm.predict_dataloader()))  # the source's order
     assert images.shape == (5, 1, 16, 16) and labels.tolist() == [99] * 5
 
 
@@ -192,7 +192,7 @@ def test_image_folder_reads_splits_and_labels(tmp_path):
     assert (dm.num_classes, dm.class_names, dm.in_chans, dm.img_size) == (2, ("cat", "dog"), 3, 12)
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (9, 1, 3)  # val carved from train
-    images, labels = next(iter(dm.test_dataloader()))
+    images, labels = next(iter(dm.predict_dataloader()))  # the source's order
     assert images.shape == (3, 3, 12, 12) and labels.tolist() == [0, 0, 1]
     values = (images[:, :, 0, 0] * 255).round()
     assert values.tolist() == [[0] * 3, [1] * 3, [10] * 3]

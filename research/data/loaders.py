@@ -1,0 +1,216 @@
+"""The DataLoaders of every datamodule: random draws that are a function of (seed, epoch, batch).
+
+A resumed run must see the batches the uninterrupted run would have seen. torch seeds a worker's
+generators once, when the worker starts (``base_seed + worker_id``, the base drawn from the loader's
+generator when an iterator is created), and persistent workers keep those streams across epochs:
+the augmentation of epoch 3 depends on how many batches the workers made since they started, and a
+run resumed in epoch 2 starts fresh workers. So nothing here lives in a stream:
+
+- the training order is a permutation drawn from (seed, epoch) (:class:`EpochShuffle`); Lightning
+  calls ``set_epoch`` on ``dataloader.batch_sampler.sampler`` before every epoch, the resumed one
+  included, and injects its own ``DistributedSampler`` (also ordered by seed and epoch) under DDP;
+- every training batch is fetched and collated with torch's, Python's and NumPy's global generators
+  seeded from (seed, epoch, batch index, rank) (:class:`SeededBatchSampler`, :class:`SeededFetch`),
+  in whichever process loads it; the main process's generators are put back afterwards, so with
+  ``num_workers=0`` the model's dropout stream is untouched. Augmentation (crops, flips, timm's
+  RandAugment) and MLM masking are thus the same with any ``num_workers`` and persistence;
+- a training loader starts at the trainer's current epoch: Lightning creates the epoch's iterator
+  before it calls ``set_epoch`` (``_FitLoop.setup_data``), and workers, like the translation's
+  bucket sampler, draw the first batches' indices as soon as the iterator exists, so a resumed run
+  would otherwise start its first epoch with epoch 0's order;
+- each loader has a generator of its own, so creating an iterator (which draws the workers' base
+  seed) never advances the global generator that :class:`~research.callbacks.RNGState` saves;
+- an evaluation split comes in a fixed random order (:func:`fixed_order`), so ``fast_dev_run`` and
+  ``limit_val_batches`` see every class, and the same examples in every run with the same seed.
+
+The training seed is the run's (``seed_everything``, which Lightning keeps in ``PL_GLOBAL_SEED`` and
+also gives its DDP sampler); 0 without one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from lightning.fabric.utilities.data import _set_sampler_epoch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, Subset, default_collate
+
+_ORDER, _BATCH, _EVAL = 0, 1, 2  # tags that keep the streams of the different draws apart
+# The test split's order ignores the datamodule's seed, as its contents do: the same in every run.
+TEST_ORDER_SEED = 0
+
+
+def run_seed() -> int:
+    """The run's seed as ``seed_everything`` set it (Lightning's ``PL_GLOBAL_SEED``), 0 if unset."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+def _derive(*entropy: int, count: int = 1) -> list[int]:
+    # SeedSequence hashes its entropy, so nearby (seed, epoch, batch) tuples give unrelated seeds.
+    words = np.random.SeedSequence([e % 2**64 for e in entropy]).generate_state(count, np.uint64)
+    return [int(w) for w in words]
+
+
+def fixed_order(n: int, seed: int) -> list[int]:
+    """A permutation of ``range(n)`` that depends on ``seed`` only: the order of an evaluation split."""
+    generator = torch.Generator().manual_seed(_derive(_EVAL, seed)[0])
+    return torch.randperm(n, generator=generator).tolist()
+
+
+class EpochShuffle(RandomSampler):
+    """All indices of ``data_source`` once, in a random order drawn from (``seed``, epoch).
+
+    A ``RandomSampler`` so that Lightning knows the loader shuffles (it then shuffles the
+    ``DistributedSampler`` it puts in its place under DDP).
+    """
+
+    def __init__(self, data_source: Sequence, *, seed: int = 0) -> None:
+        super().__init__(data_source)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(_derive(_ORDER, self.seed, self.epoch)[0])
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+@dataclass(frozen=True)
+class SeededIndices:
+    """One batch's indices and the seeds (torch, Python, NumPy) of its random draws."""
+
+    indices: list[int]
+    seeds: tuple[int, int, int]
+
+
+class SeededBatchSampler(BatchSampler):
+    """Batches of ``sampler``'s indices, each with seeds drawn from (``seed``, epoch, batch index, ``rank``).
+
+    The epoch is the sampler's (``EpochShuffle`` or Lightning's ``DistributedSampler``, whose
+    ``set_epoch`` Lightning calls). Lightning re-creates this class with another ``sampler`` under
+    DDP, keeping the other arguments.
+    """
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool, *, seed: int = 0, rank: int = 0):
+        super().__init__(sampler, batch_size, drop_last)
+        self.seed, self.rank = seed, rank
+
+    def __iter__(self) -> Iterator[SeededIndices]:
+        epoch = getattr(self.sampler, "epoch", 0)
+        for i, indices in enumerate(super().__iter__()):
+            torch_seed, python_seed, numpy_seed = _derive(_BATCH, self.seed, epoch, i, self.rank, count=3)
+            yield SeededIndices(indices, (torch_seed, python_seed, numpy_seed % 2**32))
+
+
+@contextmanager
+def seeded_generators(seeds: tuple[int, int, int]):
+    """Seed torch's (CPU), Python's and NumPy's global generators; put their states back on exit."""
+    saved = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    torch.default_generator.manual_seed(seeds[0])  # not torch.manual_seed: that would reseed CUDA too
+    random.seed(seeds[1])
+    np.random.seed(seeds[2])
+    try:
+        yield
+    finally:
+        torch.set_rng_state(saved[0])
+        random.setstate(saved[1])
+        np.random.set_state(saved[2])
+
+
+class SeededFetch(Dataset):
+    """``dataset`` and its ``collate``: a whole batch made under the seeds of its :class:`SeededIndices`.
+
+    The fetch is inside the seeded block too, for datasets that draw when read (MLM's random next
+    sentences); the loader's own ``collate_fn`` then passes the batch on as it is.
+    """
+
+    def __init__(self, dataset: Dataset, collate: Callable):
+        self.dataset, self.collate = dataset, collate
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, batch: SeededIndices):
+        with seeded_generators(batch.seeds):
+            if getattr(self.dataset, "__getitems__", None):
+                examples = self.dataset.__getitems__(batch.indices)
+            else:
+                examples = [self.dataset[i] for i in batch.indices]
+            return self.collate(examples)
+
+
+def _as_is(batch):
+    return batch
+
+
+def trainer_position(datamodule) -> dict[str, int]:
+    """``rank`` and ``epoch`` for :func:`make_loader` from the datamodule's trainer (0 and 0 without one)."""
+    trainer = datamodule.trainer
+    if trainer is None:
+        return {}
+    # the number Lightning hands to set_epoch (fit_loop.on_advance_start); a run resumed from an
+    # end-of-epoch checkpoint has it one ahead of trainer.current_epoch when the loader is built
+    return {"rank": trainer.global_rank, "epoch": trainer.fit_loop.epoch_progress.current.processed}
+
+
+def make_loader(
+    dataset: Dataset,
+    *,
+    seed: int | None,
+    shuffle: bool = False,
+    batch_size: int | None = None,
+    batch_sampler: Sampler[list[int]] | None = None,
+    collate_fn: Callable | None = None,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    drop_last: bool = False,
+    rank: int = 0,
+    epoch: int = 0,
+) -> DataLoader:
+    """The one way this package builds a DataLoader.
+
+    Args:
+        dataset: the split.
+        seed: with ``shuffle``, the seed of the training order and draws (usually :func:`run_seed`);
+            without, the seed of the split's fixed order (None: the split's own order, for predict).
+        shuffle: training: a new order every epoch and seeded draws per batch.
+        batch_size: examples per batch (or give ``batch_sampler``).
+        batch_sampler: a sampler of whole batches that orders them itself from (seed, epoch), such
+            as the translation's length buckets; the collate must then draw nothing at random.
+        collate_fn: how to batch examples (None: torch's default).
+        num_workers: worker processes; they persist across epochs when there are any.
+        pin_memory: pin batches in page-locked memory.
+        drop_last: drop the last incomplete batch (training).
+        rank: this process's rank under DDP, so that ranks draw differently.
+        epoch: the epoch the loader is first iterated in (a resumed run's is not 0).
+
+    """
+    common = dict(
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
+        # the workers' base seed is drawn from this, not from the global generator: see the module docstring
+        generator=torch.Generator().manual_seed(_derive(_ORDER, seed or 0, -1)[0]),
+    )
+    if batch_sampler is not None:
+        loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn, **common)
+        _set_sampler_epoch(loader, epoch)
+        return loader
+    if shuffle:
+        sampler = EpochShuffle(dataset, seed=seed or 0)
+        sampler.set_epoch(epoch)
+        batches = SeededBatchSampler(sampler, batch_size, drop_last, seed=seed or 0, rank=rank)
+        return DataLoader(
+            SeededFetch(dataset, collate_fn or default_collate), batch_sampler=batches, collate_fn=_as_is, **common
+        )
+    if seed is not None:
+        dataset = Subset(dataset, fixed_order(len(dataset), seed))
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, drop_last=drop_last, collate_fn=collate_fn, **common
+    )
