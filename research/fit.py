@@ -19,9 +19,10 @@ that run recorded; either one missing is an error, never a silent start from scr
 
 from __future__ import annotations
 
-import csv
+import importlib
 import netrc
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,14 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 import research.data  # noqa: F401  (makes the datamodules known by their short names)
 import research.tasks  # noqa: F401  (makes the tasks known by their short names)
 from research.callbacks import RNGState
 from research.callbacks.checkpoint import LAST, ModelCheckpoint, RunIdentity, best_checkpoint, logger_ids
+from research.loggers import ContinuedCSVLogger
 
 CHECKPOINT_ROOT = Path("checkpoints")
 LOG_ROOT = Path("logs")
@@ -55,81 +57,44 @@ def wandb_mode() -> str:
     return "offline"
 
 
-def default_loggers(experiment: str, resume: dict[str, Any] | None = None) -> list[Logger]:
-    """The wandb and CSV loggers; ``resume`` (the ids :class:`RunIdentity` stored) continues those runs."""
+def default_loggers(experiment: str, resume: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The wandb and CSV loggers as config entries; ``resume`` (what :class:`RunIdentity` stored) continues them."""
     resume = resume or {}
-    run_name = experiment.replace("/", "-")
     wandb_resume = {"id": resume["wandb"], "resume": "allow"} if "wandb" in resume else {}
-    return [
-        WandbLogger(project="research", name=run_name, save_dir=str(LOG_ROOT), mode=wandb_mode(), **wandb_resume),
-        ContinuedCSVLogger(
-            save_dir=str(LOG_ROOT / "csv"), name=experiment, version=resume.get("csv"), resume_step=resume.get("step")
-        ),
-    ]
+    wandb = {"project": "research", "name": experiment.replace("/", "-"), "save_dir": str(LOG_ROOT),
+             "mode": wandb_mode(), **wandb_resume}
+    csv_args = {"save_dir": str(LOG_ROOT / "csv"), "name": experiment, "version": resume.get("csv"),
+                "resume_step": resume.get("step")}
+    return [spec(WandbLogger, wandb), spec(ContinuedCSVLogger, csv_args)]
 
 
-class ContinuedCSVLogger(CSVLogger):
-    """Lightning's CSVLogger, except that writing into an existing version keeps its metrics.csv.
-
-    Lightning's writer deletes an existing metrics.csv; a resumed run appends to it instead, after
-    dropping the rows of steps that the resumed run will log again.
-    """
-
-    def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.resume_step = resume_step  # the global step of the checkpoint the run resumes from
-
-    @property
-    def experiment(self):
-        if self._experiment is not None:
-            return self._experiment
-        path = Path(self.log_dir) / "metrics.csv"
-        kept: list[dict[str, str]] = []
-        if path.is_file():
-            with path.open(newline="") as file:
-                rows = list(csv.DictReader(file))
-            limit = self.resume_step if self.resume_step is not None else float("inf")
-            kept = [row for row in rows if row.get("step", "") == "" or int(float(row["step"])) <= limit]
-            path.rename(path.with_suffix(".csv.previous"))  # Lightning's writer would delete it
-        writer = super().experiment
-        previous = path.with_suffix(".csv.previous")
-        if previous.exists():
-            keys = sorted({key for row in kept for key in row})
-            with path.open("w", newline="") as file:
-                out = csv.DictWriter(file, fieldnames=keys)
-                out.writeheader()
-                out.writerows(kept)
-            writer.metrics_keys = keys
-            previous.unlink()
-        return writer
+def spec(cls: type, init_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A class and its arguments as a config entry (what ``--print_config`` prints and a config file holds)."""
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(init_args or {})}
 
 
-def default_callbacks(
-    experiment: str, task: L.LightningModule, given: list[Callback], logging: bool
-) -> list[Callback]:
-    """Ours, minus any kind the config already set."""
-    monitor, mode = getattr(task, "checkpoint_monitor", (None, "min"))
-    defaults: list[Callback] = [
-        ModelCheckpoint(
-            dirpath=CHECKPOINT_ROOT / experiment,
-            filename="best-{epoch}-{step}",
-            monitor=monitor,
-            mode=mode,
-            save_last=True,
-        ),
-        RichProgressBar(),
-        RNGState(),
-        RunIdentity(),
-    ]
+def build(entry: dict[str, Any]) -> Any:
+    """Instantiate a :func:`spec` entry."""
+    module, _, name = entry["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module), name)(**entry["init_args"])
+
+
+def default_callbacks(experiment: str, monitor: str | None, mode: str, logging: bool) -> list[dict[str, Any]]:
+    """Our callbacks as config entries: checkpoints (best and last), progress bar, RNG states, run ids, lr."""
+    checkpoint = {"dirpath": str(CHECKPOINT_ROOT / experiment), "filename": "best-{epoch}-{step}",
+                  "monitor": monitor, "mode": mode, "save_last": True}
+    defaults = [spec(ModelCheckpoint, checkpoint), spec(RichProgressBar), spec(RNGState), spec(RunIdentity)]
     if logging:
-        defaults.append(LearningRateMonitor(logging_interval="step"))
+        defaults.append(spec(LearningRateMonitor, {"logging_interval": "step"}))
+    return defaults
 
-    def covered(default: Callback) -> bool:
-        kinds = [k for k in (ProgressBar, LightningModelCheckpoint) if isinstance(default, k)]
-        kind = kinds[0] if kinds else type(default)
-        return any(isinstance(c, kind) for c in given)
 
-    return [*given, *(c for c in defaults if not covered(c))]
+def covered(entry: dict[str, Any], given: list[Callback]) -> bool:
+    """Whether a callback the config already set does the default's job (any progress bar, any checkpointing)."""
+    module, _, name = entry["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    kind = next((k for k in (ProgressBar, LightningModelCheckpoint) if issubclass(cls, k)), cls)
+    return any(isinstance(c, kind) for c in given)
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -168,6 +133,7 @@ class ResearchCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("save_config_callback", SaveRunConfig)
         self.ckpt_path: str | None = None  # the checkpoint the subcommand reads, "last"/"best" resolved
+        self.print_config = False
         super().__init__(
             L.LightningModule,
             L.LightningDataModule,
@@ -250,21 +216,55 @@ class ResearchCLI(LightningCLI):
             kwargs["ckpt_path"] = self.ckpt_path
         return kwargs
 
+    def parse_arguments(self, parser, args) -> None:
+        """As Lightning's, except that ``--print_config`` prints the config that runs, our defaults filled in."""
+        if isinstance(args, dict):
+            return super().parse_arguments(parser, args)
+        argv = list(sys.argv[1:] if args is None else args)
+        flags = [a for a in argv if a == "--print_config" or a.startswith("--print_config=")]
+        self.print_config = bool(flags)
+        kept = [a for a in argv if a not in flags]
+        if args is None and flags:
+            sys.argv = [sys.argv[0], *kept]  # parsed from the command line as before, minus the flag
+        return super().parse_arguments(parser, kept if args is not None else None)
+
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})
         experiment = self.experiment_name()
         self.ckpt_path = self.resolve_ckpt_path()
         resume = logger_ids(self.ckpt_path) if self.subcommand == "fit" and self.ckpt_path else {}
-        if trainer_config.get("logger") in (None, True):
-            kwargs["logger"] = default_loggers(experiment, resume)
+        loggers = default_loggers(experiment, resume) if trainer_config.get("logger") in (None, True) else None
         logging = trainer_config.get("logger") is not False
+        given = list(trainer_config.get("callbacks") or [])
+        monitor, mode = getattr(self.model, "checkpoint_monitor", (None, "min"))
+        callbacks = [c for c in default_callbacks(experiment, monitor, mode, logging) if not covered(c, given)]
+        if trainer_config.get("enable_progress_bar") is False:
+            callbacks = [c for c in callbacks if not c["class_path"].endswith("ProgressBar")]
         if trainer_config.get("default_root_dir") is None:  # without loggers, config.yaml goes beside the checkpoints
             kwargs["default_root_dir"] = str(CHECKPOINT_ROOT / experiment)
-        given = trainer_config.get("callbacks") or []
-        kwargs["callbacks"] = default_callbacks(experiment, self.model, list(given), logging)
-        if trainer_config.get("enable_progress_bar") is False:
-            kwargs["callbacks"] = [c for c in kwargs["callbacks"] if not isinstance(c, ProgressBar)]
+        if self.print_config:
+            self.print_resolved_config(loggers, callbacks, kwargs.get("default_root_dir"))
+        if loggers is not None:
+            kwargs["logger"] = [build(entry) for entry in loggers]
+        kwargs["callbacks"] = [*given, *(build(entry) for entry in callbacks)]
         return super().instantiate_trainer(**kwargs)
+
+    def print_resolved_config(self, loggers: list[dict] | None, callbacks: list[dict], root: str | None) -> None:
+        """Print the subcommand's config with the loggers and callbacks that run added, then exit."""
+        from jsonargparse import Namespace
+
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        parser = self._parser(self.subcommand)
+        if loggers is not None:
+            config["trainer.logger"] = [Namespace(class_path=e["class_path"], init_args=Namespace(**e["init_args"]))
+                                        for e in loggers]
+        if root is not None:
+            config["trainer.default_root_dir"] = root
+        given = config.get("trainer.callbacks") or []
+        config["trainer.callbacks"] = [*given, *(Namespace(class_path=e["class_path"],
+                                                           init_args=Namespace(**e["init_args"])) for e in callbacks)]
+        sys.stdout.write(parser.dump(config, skip_none=False, skip_validation=True))
+        sys.exit(0)
 
 
 def main(args: list[str] | None = None, run: bool = True) -> ResearchCLI:

@@ -146,6 +146,24 @@ def test_print_config_shows_the_resolved_config(capsys):
     printed = capsys.readouterr().out
     assert "research.tasks.ImageClassification" in printed and "name: resnet20" in printed
     assert "research.data.EmbeddedMNIST" in printed
+    # what runs is what is printed: the loggers and callbacks that fit adds, not "logger: null"
+    trainer = yaml.safe_load(printed)["trainer"]
+    assert [c["class_path"] for c in trainer["logger"]] == [
+        "lightning.pytorch.loggers.wandb.WandbLogger", "research.loggers.ContinuedCSVLogger"]
+    callbacks = {c["class_path"].rsplit(".", 1)[1]: c["init_args"] for c in trainer["callbacks"]}
+    assert callbacks["ModelCheckpoint"]["dirpath"] == "checkpoints/resnet/mnist_resnet20"
+    assert callbacks["ModelCheckpoint"]["monitor"] == "val/acc" and "RNGState" in callbacks
+
+
+def test_printed_config_runs_as_a_config(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "configs/resnet/mnist_resnet20.yaml"), "--print_config"])
+    (tmp_path / "printed.yaml").write_text(capsys.readouterr().out)
+    cli = main(["fit", "--config", str(tmp_path / "printed.yaml"), "--trainer.max_steps", "1",
+                "--trainer.limit_val_batches", "1", "--test_after_fit", "false"])
+    assert [type(lg).__name__ for lg in cli.trainer.loggers] == ["WandbLogger", "ContinuedCSVLogger"]
+    assert cli.trainer.checkpoint_callback.dirpath.endswith("checkpoints/resnet/mnist_resnet20")
+    assert sum(type(c).__name__ == "ModelCheckpoint" for c in cli.trainer.callbacks) == 1
 
 
 def test_checkpoints_load_weights_only(tmp_path):

@@ -63,7 +63,7 @@ class ImageClassification(L.LightningModule):
 
     def __init__(
         self,
-        model: nn.Module | dict | str,
+        model: dict | str | nn.Module,
         *,
         num_classes: int | None = None,
         mean: Sequence[float] | None = None,

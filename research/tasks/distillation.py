@@ -88,9 +88,9 @@ class Distillation(ImageClassification):
 
     def __init__(
         self,
-        model: nn.Module | dict | str,
+        model: dict | str | nn.Module,
         *,
-        teacher: nn.Module | dict | str,
+        teacher: dict | str | nn.Module,
         teacher_checkpoint: str | None = None,
         alpha: float = 0.5,
         temperature: float = 4.0,

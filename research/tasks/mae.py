@@ -93,7 +93,7 @@ class MAEPretraining(L.LightningModule):
 
     def __init__(
         self,
-        model: nn.Module | dict | str,
+        model: dict | str | nn.Module,
         *,
         mask_ratio: float | None = None,
         norm_pix_loss: bool = False,
@@ -230,7 +230,9 @@ class MAEPretraining(L.LightningModule):
         if self.trainer.train_dataloader is None:  # configure_optimizers runs before the loop loads it
             self.trainer.fit_loop.setup_data()
         loader = self.trainer.train_dataloader
-        batch_size = getattr(loader, "batch_size", None)
+        # a loader built on a batch sampler (research.data.loaders: seeded batches) has batch_size None
+        batch_size = getattr(loader, "batch_size", None) or getattr(getattr(loader, "batch_sampler", None),
+                                                                     "batch_size", None)
         if batch_size is None:
             raise ValueError(
                 "cannot tell the training batch size (the train loader has no batch_size); "

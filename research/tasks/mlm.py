@@ -89,7 +89,7 @@ class MaskedLanguageModelling(L.LightningModule):
 
     def __init__(
         self,
-        model: nn.Module | dict | str,
+        model: dict | str | nn.Module,
         *,
         lr: float = 1e-4,
         weight_decay: float = 0.01,

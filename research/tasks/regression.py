@@ -40,7 +40,7 @@ class Regression(L.LightningModule):
 
     def __init__(
         self,
-        model: nn.Module | dict | str,
+        model: dict | str | nn.Module,
         *,
         lr: float = 1e-3,
         weight_decay: float = 0.0,

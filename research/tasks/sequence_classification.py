@@ -53,7 +53,7 @@ class SequenceClassification(L.LightningModule):
 
     def __init__(
         self,
-        model: nn.Module | dict | str,
+        model: dict | str | nn.Module,
         *,
         lr: float = 1e-3,
         weight_decay: float = 0.01,

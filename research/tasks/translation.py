@@ -112,7 +112,7 @@ class Translation(L.LightningModule):
 
     def __init__(
         self,
-        model: nn.Module | dict | str,
+        model: dict | str | nn.Module,
         *,
         label_smoothing: float = 0.1,
         lr_scale: float = 1.0,

@@ -1,0 +1,45 @@
+"""Loggers with what Lightning's lack for a resumed run."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger
+
+
+class ContinuedCSVLogger(CSVLogger):
+    """Lightning's CSVLogger, except that writing into an existing version keeps its metrics.csv.
+
+    Lightning's writer deletes an existing metrics.csv; a resumed run appends to it instead, after
+    dropping the rows of steps that the resumed run will log again.
+    """
+
+    def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume_step = resume_step  # the global step of the checkpoint the run resumes from
+
+    @property
+    def experiment(self):
+        if self._experiment is not None:
+            return self._experiment
+        path = Path(self.log_dir) / "metrics.csv"
+        kept: list[dict[str, str]] = []
+        if path.is_file():
+            with path.open(newline="") as file:
+                rows = list(csv.DictReader(file))
+            limit = self.resume_step if self.resume_step is not None else float("inf")
+            kept = [row for row in rows if row.get("step", "") == "" or int(float(row["step"])) <= limit]
+            path.rename(path.with_suffix(".csv.previous"))  # Lightning's writer would delete it
+        writer = super().experiment
+        previous = path.with_suffix(".csv.previous")
+        if previous.exists():
+            keys = sorted({key for row in kept for key in row})
+            with path.open("w", newline="") as file:
+                out = csv.DictWriter(file, fieldnames=keys)
+                out.writeheader()
+                out.writerows(kept)
+            writer.metrics_keys = keys
+            previous.unlink()
+        return writer
