@@ -1,6 +1,6 @@
-"""Post-training int8 quantization of a trained classifier, with size, CPU latency and accuracy before/after.
+r"""Post-training int8 quantization of a trained classifier, with size, CPU latency and accuracy before/after.
 
-    python -m research.quantize --config configs/cnn/mnist_five_layer_cnn.yaml
+    python -m research.quantize --config configs/cnn/mnist_five_layer_cnn.yaml \
         --checkpoint checkpoints/cnn/mnist_five_layer_cnn/last.ckpt [--mode auto|dynamic|static]
 
 The config supplies the task class (``model.class_path``) and the datamodule (``data:``, whose
