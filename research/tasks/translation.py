@@ -27,7 +27,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.text import SacreBLEUScore
@@ -258,8 +258,14 @@ class Translation(L.LightningModule):
         """Decode every k-th sentence (by its index in the split), k spreading the subset over the split."""
         wanted = self.hparams[f"{stage}_bleu_samples"]
         loaders = dataloaders if isinstance(dataloaders, list | tuple) else [dataloaders]
-        sizes = [len(loader.dataset) for loader in loaders if hasattr(loader, "dataset")]
-        self._decode_every[stage] = 1 if wanted is None or not sizes else max(1, math.ceil(sum(sizes) / wanted))
+        limits = getattr(self.trainer, f"num_{stage}_batches", None) or [None] * len(loaders)
+        # Sentences this epoch will see: the split, or the share of it that limit_{stage}_batches lets through.
+        seen = [
+            len(loader.dataset) * (min(1.0, limit / len(loader)) if limit is not None and len(loader) else 1.0)
+            for loader, limit in zip(loaders, limits)
+            if hasattr(loader, "dataset")
+        ]
+        self._decode_every[stage] = 1 if wanted is None or not seen else max(1, math.ceil(sum(seen) / wanted))
         self._samples[stage] = []
 
     def _eval_step(self, batch: dict, stage: str) -> None:
@@ -302,6 +308,12 @@ class Translation(L.LightningModule):
         if self.trainer.strategy.reduce(decoded, reduce_op="sum") > 0:
             self.log(f"{stage}/bleu", metrics["bleu"].compute() * 100, prog_bar=True)
             self._log_samples(stage)
+        elif metrics["loss"].update_called and not self.trainer.sanity_checking:
+            # The limited batches held none of the chosen sentences: BLEU was not measured. NaN says so
+            # (ModelCheckpoint never picks it as best) instead of a missing monitored metric.
+            rank_zero_warn(f"no sentence was decoded in this {stage} epoch, so {stage}/bleu is NaN; "
+                           f"raise limit_{stage}_batches or {stage}_bleu_samples")
+            self.log(f"{stage}/bleu", torch.tensor(float("nan"), device=self.device))
         for metric in metrics.values():
             metric.reset()
 

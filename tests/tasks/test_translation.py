@@ -4,6 +4,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from research.data import TranslationDataModule
@@ -198,3 +199,14 @@ def test_argument_errors():
         Translation(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="no vocab_size/pad_id and there is no translation datamodule"):
         Translation(TINY).configure_model()
+
+
+def test_limited_validation_batches_still_measure_bleu(corpus, tmp_path):
+    """The decoded subset is sized to the batches an epoch sees, so a monitored val/bleu is always there."""
+    dm = datamodule(corpus, eval_batch_size=2)  # 30 validation pairs in 15 batches; one of them is seen
+    task = Translation({"name": "transformer_tiny"}, val_bleu_samples=2)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/bleu", mode="max")
+    fit = trainer(tmp_path, enable_checkpointing=True, callbacks=[checkpoint], val_check_interval=2)
+    fit.fit(task, datamodule=dm)
+    assert task._decode_every["val"] == 1  # every sentence of the one batch seen, not every 15th
+    assert "val/bleu" in fit.callback_metrics and checkpoint.best_model_path
