@@ -28,6 +28,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from research.attacks import fgsm, pgd
+from research.checkpoint_file import load_checkpoint
+from research.config_file import config_files, read_config_file
+from research.errors import UserError, run_command
 from research.fit import ResearchCLI
 
 ATTACKS = ("fgsm", "pgd")
@@ -39,6 +42,8 @@ class _TaskAndData(ResearchCLI):
     def parse_arguments(self, parser, args) -> None:
         # ``args`` are what this command left over from sys.argv, on purpose: LightningCLI's
         # warning about getting both would be noise.
+        for file in config_files(list(args)):
+            read_config_file(file)  # an error that names the file, before jsonargparse's
         self.config = parser.parse_args(args)
 
     def instantiate_trainer(self, **kwargs: Any) -> None:
@@ -81,6 +86,7 @@ def load(config: str, ckpt_path: str, overrides: Sequence[str] = (), *, device: 
     """
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"no checkpoint at {Path(ckpt_path).resolve()}; pass --ckpt_path to a .ckpt file")
+    load_checkpoint(ckpt_path, what="--ckpt_path", lightning=True, mmap=True)  # a clear error for a broken file
     cli = _TaskAndData(args=["--config", config, *overrides], run=False)
     task = type(cli.model).load_from_checkpoint(ckpt_path, map_location=device)
     saved, described = task.hparams.get("model"), cli.model.hparams.get("model")
@@ -142,6 +148,19 @@ def robust_accuracy(
     """
     if "fgsm" in attacks and norm != "linf":
         raise ValueError(f"fgsm is an L-inf attack; with norm={norm!r} attack with pgd only")
+    linf = norm == "linf" or "fgsm" in attacks
+    if linf and any(e > 1 for e in eps):
+        raise UserError(
+            f"--eps {max(eps):g} is above 1: images are in [0, 1], so an L-inf radius of 1 already reaches every "
+            "image and accuracy is 0 by construction; give eps in pixel units (e.g. 0.3 on MNIST, 8/255 = 0.031 on "
+            "CIFAR-10)"
+        )
+    if "pgd" in attacks and steps < 1:
+        given = f" with --step_size {step_size:g}" if step_size is not None else ""
+        raise UserError(
+            f"--steps {steps}{given}: PGD needs steps >= 1 (0 steps would be its random start only); "
+            "use --steps 40 (Madry et al.), or --attack fgsm for a one-step attack"
+        )
     rows = [{"attack": "none", "norm": None, "eps": 0.0, "steps": 0, "step_size": None, "restarts": 1}]
     for attack in attacks:
         for e in eps:
@@ -208,4 +227,4 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

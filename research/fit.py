@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -36,7 +37,17 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 import research.data  # noqa: F401  (makes the datamodules known by their short names)
 import research.tasks  # noqa: F401  (makes the tasks known by their short names)
 from research.callbacks import RNGState
-from research.callbacks.checkpoint import LAST, ModelCheckpoint, RunIdentity, best_checkpoint, logger_ids
+from research.callbacks.checkpoint import (
+    LAST,
+    AtomicCheckpointIO,
+    ModelCheckpoint,
+    RunIdentity,
+    best_checkpoint,
+    logger_ids,
+)
+from research.checkpoint_file import load_checkpoint
+from research.config_file import config_files, read_config_file
+from research.errors import UserError, run_command
 from research.loggers import ContinuedCSVLogger
 
 CHECKPOINT_ROOT = Path("checkpoints")
@@ -127,6 +138,20 @@ def run_folder(trainer: L.Trainer) -> Path:
     return Path(dirpath) if dirpath else Path(trainer.default_root_dir)
 
 
+def check_run_length(trainer_config: dict[str, Any]) -> None:
+    """Stop before training when the Trainer's limits leave nothing to train.
+
+    Raises:
+        UserError: ``max_epochs: 0`` or ``max_steps: 0`` (Lightning would train nothing and exit 0).
+    """
+    if trainer_config.get("fast_dev_run"):
+        return
+    for key, other in (("max_epochs", "-1 with max_steps N for a run bounded by steps"),
+                       ("max_steps", "-1 for no step limit")):
+        if trainer_config.get(key) == 0:
+            raise UserError(f"--trainer.{key} 0 trains nothing; give at least 1 (or {other})")
+
+
 class ResearchCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("seed_everything_default", 0)
@@ -143,6 +168,11 @@ class ResearchCLI(LightningCLI):
             auto_configure_optimizers=False,
             **kwargs,
         )
+
+    def init_parser(self, **kwargs: Any):
+        # A parse error raises (research.errors prints it as one line) instead of printing the usage.
+        kwargs.setdefault("exit_on_error", False)
+        return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
@@ -210,6 +240,14 @@ class ResearchCLI(LightningCLI):
             return str(last)
         return ckpt_path
 
+    def _parse_ckpt_path(self) -> None:
+        """As Lightning's (which reads the checkpoint's hyperparameters), after checking that the file is one."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            load_checkpoint(ckpt_path, what="--ckpt_path", lightning=True, mmap=True)
+        super()._parse_ckpt_path()
+
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if "ckpt_path" in kwargs:
@@ -224,12 +262,16 @@ class ResearchCLI(LightningCLI):
         flags = [a for a in argv if a == "--print_config" or a.startswith("--print_config=")]
         self.print_config = bool(flags)
         kept = [a for a in argv if a not in flags]
+        for file in config_files(kept):
+            read_config_file(file)  # an error that names the file, before jsonargparse's
         if args is None and flags:
             sys.argv = [sys.argv[0], *kept]  # parsed from the command line as before, minus the flag
         return super().parse_arguments(parser, kept if args is not None else None)
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})
+        if self.subcommand == "fit":
+            check_run_length(trainer_config)
         experiment = self.experiment_name()
         self.ckpt_path = self.resolve_ckpt_path()
         resume = logger_ids(self.ckpt_path) if self.subcommand == "fit" and self.ckpt_path else {}
@@ -247,6 +289,10 @@ class ResearchCLI(LightningCLI):
         if loggers is not None:
             kwargs["logger"] = [build(entry) for entry in loggers]
         kwargs["callbacks"] = [*given, *(build(entry) for entry in callbacks)]
+        plugins = trainer_config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):  # checkpoints appear whole or not at all
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
 
     def print_resolved_config(self, loggers: list[dict] | None, callbacks: list[dict], root: str | None) -> None:
@@ -272,4 +318,4 @@ def main(args: list[str] | None = None, run: bool = True) -> ResearchCLI:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

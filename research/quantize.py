@@ -33,9 +33,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import yaml
 from jsonargparse import ArgumentParser
 from torch import nn
+
+from research.checkpoint_file import load_checkpoint
+from research.config_file import read_config_file
+from research.errors import run_command
 
 # quantized tensors work through these layers unchanged (max, reshape, identity in eval mode)
 _PASSTHROUGH = (
@@ -216,7 +219,8 @@ def load_task(checkpoint: Path, config: Path) -> L.LightningModule:
         raise FileNotFoundError(
             f"checkpoint {str(checkpoint)!r} not found; train first (python -m research.fit fit --config ...)"
         )
-    class_path = (yaml.safe_load(config.read_text()).get("model") or {}).get("class_path", "")
+    load_checkpoint(checkpoint, what="checkpoint", lightning=True, mmap=True)  # a clear error for a broken file
+    class_path = (read_config_file(config).get("model") or {}).get("class_path", "")
     if "." not in class_path:
         class_path = f"research.tasks.{class_path or 'ImageClassification'}"
     module, name = class_path.rsplit(".", 1)
@@ -231,7 +235,7 @@ def load_datamodule(config: Path, overrides: Sequence[str] = ()) -> L.LightningD
     """The config's ``data:`` section as a datamodule, with ``--data...`` overrides."""
     import research.data  # noqa: F401  (short class names)
 
-    section = yaml.safe_load(config.read_text()).get("data")
+    section = read_config_file(config).get("data")
     if section is None:
         raise ValueError(f"{config} has no data: section; pass a config of the run that trained the checkpoint")
     parser = ArgumentParser(exit_on_error=False)
@@ -341,4 +345,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -6,20 +6,29 @@
   epoch is its first leaves ``last.ckpt`` at that epoch (tests/test_checkpoints.py pins both).
 - :func:`best_checkpoint` finds the best checkpoint of a run on disk, in any later process, from the
   record that ``last.ckpt`` keeps (Lightning's ``ckpt_path="best"`` only knows the current process).
+- :class:`AtomicCheckpointIO` writes each checkpoint to a temporary file in its own folder and moves
+  it into place, so a kill or a full disk during a save leaves the previous file whole.
 - :class:`RunIdentity` stores the loggers' run ids in each checkpoint, so that a resumed run continues
   the same wandb run and CSV version instead of starting new ones.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint as _LightningModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+from research.checkpoint_file import load_checkpoint
+from research.errors import UserError
 
 LAST = "last.ckpt"
 RUN_KEY = "research_run"  # where RunIdentity puts the loggers' ids in a checkpoint
@@ -38,6 +47,11 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     def __init__(self, *args: Any, enable_version_counter: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, enable_version_counter=enable_version_counter, **kwargs)
         self._last_written_step = -1
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and self.dirpath and trainer.is_global_zero and "://" not in str(self.dirpath):
+            check_writable(Path(self.dirpath))
 
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)
@@ -73,9 +87,58 @@ class ModelCheckpoint(_LightningModelCheckpoint):
         self._catch_up_last(trainer)
 
 
+def check_writable(folder: Path) -> None:
+    """Stop before the first step when checkpoints cannot be written to ``folder`` (not after an epoch).
+
+    Raises:
+        UserError: the folder cannot be created or a file cannot be written in it.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise UserError(
+            f"cannot write checkpoints to {folder} ({err.strerror or err}); make it writable or choose another "
+            "folder (--experiment NAME writes to checkpoints/NAME)"
+        ) from None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, except that a checkpoint appears whole or not at all.
+
+    The file is written to a temporary file in the same folder (so the move never crosses a
+    filesystem), flushed to disk, and moved over the old one with ``os.replace``; on any failure
+    the temporary file is removed and the old checkpoint is left as it was. Lightning's own writer
+    stages through fsspec's temporary folder, which may be on another filesystem: a kill during
+    that copy leaves a truncated or empty ``last.ckpt``.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A Lightning checkpoint as a dict, memory-mapped and with ``weights_only=True`` (no code runs)."""
-    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    """A Lightning checkpoint as a dict, memory-mapped and with ``weights_only=True`` (no code runs).
+
+    Raises:
+        UserError: the file is not a checkpoint (see :func:`research.checkpoint_file.load_checkpoint`).
+    """
+    return load_checkpoint(path, lightning=True, mmap=True)
 
 
 def best_checkpoint(dirpath: str | Path) -> Path:

@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from research.data.splits import SplitDataModule
-from research.data.text import Splits, text_corpus
+from research.data.text import Splits, check_utf8, text_corpus
 from research.data.tokenizer import SpecialTokens, text_tokenizer
 
 IGNORE_INDEX = -100  # labels of unselected positions: F.cross_entropy's default ignore_index
@@ -324,6 +324,7 @@ class MaskedLMDataModule(SplitDataModule):
         for path in [corpus] if isinstance(corpus, str) else corpus or []:
             if not Path(path).is_file():  # stop at construction, before a Trainer starts
                 raise FileNotFoundError(f"corpus file {path!r} does not exist; check data.corpus in the config")
+        check_utf8(*([corpus] if isinstance(corpus, str) else corpus or []))
         if tokenizer is not None and not Path(tokenizer).is_file():
             raise FileNotFoundError(f"tokenizer file {tokenizer!r} does not exist; pass a vocab.txt or tokenizer.json")
         self.corpus, self.tsv_column, self.tokenizer_file = corpus, tsv_column, tokenizer

@@ -24,6 +24,8 @@ from typing import Generic, TypeVar
 
 import torch
 
+from research.errors import UserError
+
 EMBEDDED_BIBLE = Path(__file__).parent / "embedded" / "bible_en_es.tsv.gz"
 # The carved test split ignores ``seed``: it must be the same lines in every run.
 TEST_SPLIT_SEED = 0
@@ -51,6 +53,27 @@ def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
 
 
+def check_utf8(*paths: str | Path | None) -> None:
+    """Stop, naming the file and line, when a corpus file is not UTF-8 text (datamodules call it when built).
+
+    Raises:
+        UserError: a file whose bytes are not UTF-8 (e.g. Latin-1 or UTF-16).
+    """
+    for path in paths:
+        if path is None or not Path(path).is_file():
+            continue  # a missing file is reported when it is read
+        path = Path(path)
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = data.count(b"\n", 0, err.start) + 1
+            raise UserError(
+                f"corpus file {path} is not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); convert it to "
+                "UTF-8, e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8"
+            ) from None
+
+
 def read_lines(path: str | Path) -> list[str]:
     """The non-blank lines of a text file (plain or ``.gz``), stripped.
 
@@ -60,6 +83,7 @@ def read_lines(path: str | Path) -> list[str]:
 
     """
     path = Path(path)
+    check_utf8(path)
     with _open_text(path) as f:
         lines = [line.strip() for line in f]
     lines = [line for line in lines if line]
@@ -78,6 +102,7 @@ def read_tsv(path: str | Path, *, num_columns: int = 2) -> list[tuple[str, ...]]
 
     """
     path = Path(path)
+    check_utf8(path)
     rows = []
     with _open_text(path) as f:
         for number, line in enumerate(f, start=1):

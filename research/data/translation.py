@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from research.data.loaders import TEST_ORDER_SEED, make_loader, trainer_position
-from research.data.text import Splits, parallel_corpus
+from research.data.text import Splits, check_utf8, parallel_corpus
 from research.data.tokenizer import SpecialTokens, text_tokenizer
 
 
@@ -308,6 +308,7 @@ class TranslationDataModule(L.LightningDataModule):
             raise ValueError(f"max_length={max_length} leaves no room for text next to [CLS] and [SEP]; use 128")
         if corpus is not None and not Path(corpus).is_file():  # stop at construction, before a Trainer starts
             raise FileNotFoundError(f"corpus file {corpus!r} does not exist; check data.corpus in the config")
+        check_utf8(corpus)
         if tokenizer is not None and not Path(tokenizer).is_file():
             raise FileNotFoundError(f"tokenizer file {tokenizer!r} does not exist; pass a vocab.txt or tokenizer.json")
         self.corpus, self.reverse, self.tokenizer_file = corpus, reverse, tokenizer

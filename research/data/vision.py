@@ -30,6 +30,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor, resize
 
 from research.data.augment import BatchAugment, parse_augment
 from research.data.loaders import TEST_ORDER_SEED, make_loader, run_seed, trainer_position
+from research.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -448,6 +449,13 @@ def _read_npz(path: Path, images_key: str, labels_key: str) -> tuple[np.ndarray,
         raise ValueError(
             f"{path}[{images_key!r}] has shape {images.shape}; expected (N, H, W) or (N, H, W, C)"
         )
+    for key, array in ((images_key, images), (labels_key, labels)):
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            bad = np.argwhere(~np.isfinite(array.reshape(len(array), -1)).all(axis=1)).ravel()
+            raise UserError(
+                f"{path}[{key!r}] holds NaN or inf in {len(bad)} of its {len(array)} entries (the first: index "
+                f"{bad[0]}); every loss would be NaN: fix or drop those examples"
+            )
     if images.dtype.kind == "f":
         if len(images) and (images.min() < 0 or images.max() > 1):
             raise ValueError(
@@ -583,6 +591,13 @@ class ImageFolderData(VisionDataModule):
         )
         if first is None:
             raise FileNotFoundError(f"no image ({', '.join(IMG_EXTENSIONS)}) in {train_dir / classes[0]}")
+        empty = [c for c in classes[1:]
+                 if not any(p.suffix.lower() in IMG_EXTENSIONS for p in (train_dir / c).rglob("*"))]
+        if empty:
+            raise UserError(
+                f"class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} under {train_dir} hold no image "
+                f"({', '.join(IMG_EXTENSIONS)}); every folder under train/ is a class: add images or remove the folder"
+            )
         with Image.open(first) as image:
             grey, (w, h) = image.mode in ("1", "L", "LA", "I", "I;16", "F"), image.size
         self._set_source(

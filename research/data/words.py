@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from research.data.splits import SplitDataModule
-from research.data.text import EMBEDDED_BIBLE, Splits, read_lines, read_tsv, split_items
+from research.data.text import EMBEDDED_BIBLE, Splits, check_utf8, read_lines, read_tsv, split_items
 
 PAD_ID, UNK_ID = 0, 1
 PAD, UNK = "<pad>", "<unk>"
@@ -161,6 +161,7 @@ class LanguageWords(SplitDataModule):
         self.min_length, self.seed = min_length, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.paths = paths
+        check_utf8(*(p for ps in paths.values() for p in ps))
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pad_id = PAD_ID
         self.train_set: list[tuple[Tensor, int]] | None = None

@@ -50,6 +50,13 @@ def create_model(name: str, **overrides) -> nn.Module:
             raise ValueError(
                 f"model {name!r} does not take {err}".replace("() got an", "(): got an")
             ) from err
+        texts = {k: v for k, v in overrides.items() if isinstance(v, str)}
+        if texts and "'str'" in str(err):  # e.g. `num_classes: ten` in a config: "'<' not supported ... 'str'"
+            given = ", ".join(f"{k}: {v}" for k, v in texts.items())
+            raise ValueError(
+                f"model {name!r} cannot be built with {given} (text where the model computes with a number: {err}); "
+                "write counts and sizes as numbers, e.g. num_classes: 10"
+            ) from err
         raise
 
 

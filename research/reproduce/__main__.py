@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from research.errors import run_command
 from research.reproduce import TABLES, run_table, to_markdown
 from research.reproduce.plots import save_plot
 from research.reproduce.table import to_json
@@ -75,4 +76,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

@@ -17,6 +17,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from research.checkpoint_file import load_checkpoint
 from research.models import build_model, import_weights
 from research.tasks.checks import check_checkpoint
 from research.tasks.optim import OptimizerName, build_optimizer, warmup_cosine_per_epoch
@@ -137,7 +138,7 @@ class ImageClassification(L.LightningModule):
                 f"pretrained checkpoint {str(path)!r} not found; run the pre-training first "
                 "(e.g. configs/mae/*_pretrain.yaml writes checkpoints/<experiment>/last.ckpt) or fix the path"
             )
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_checkpoint(path, what="pretrained checkpoint")
         try:
             layout = import_weights(self.model, checkpoint)
         except ValueError as err:
@@ -204,6 +205,16 @@ class ImageClassification(L.LightningModule):
             return
         data_classes = getattr(dm, "num_classes", None)
         if data_classes is not None and data_classes != self.num_classes:
+            named = getattr(dm, "class_names", None)
+            if data_classes > self.num_classes and named and list(named) == [str(i) for i in range(data_classes)]:
+                # classes counted from the largest label: name the labels the model has no class for
+                bad = f"label {self.num_classes}" + (f" to {data_classes - 1}" if data_classes - 1 > self.num_classes
+                                                     else "")
+                raise ValueError(
+                    f"{type(dm).__name__} has {bad}, but the model predicts {self.num_classes} classes "
+                    f"(labels 0 to {self.num_classes - 1}): if {bad.removeprefix('label ')} is a wrong label, fix "
+                    f"the data; if there are {data_classes} classes, set num_classes: {data_classes} in the model"
+                )
             raise ValueError(
                 f"the model predicts {self.num_classes} classes but {type(dm).__name__} has {data_classes}; "
                 f"set num_classes: {data_classes} in the model's config"

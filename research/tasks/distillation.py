@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from research.checkpoint_file import load_checkpoint
 from research.models import build_model, import_weights
 from research.tasks.classification import ImageClassification
 
@@ -128,7 +129,7 @@ class Distillation(ImageClassification):
                 f"teacher checkpoint {str(path)!r} not found; train the teacher first (e.g. "
                 "configs/resnet/mnist_resnet18.yaml writes checkpoints/resnet/mnist_resnet18/last.ckpt) or fix the path"
             )
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_checkpoint(path, what="teacher checkpoint")
         # A checkpoint of our tasks records the model it holds: name the class count mismatch plainly.
         saved_spec = checkpoint.get("hyper_parameters", {}).get("model") if isinstance(checkpoint, dict) else None
         saved_classes = saved_spec.get("num_classes") if isinstance(saved_spec, dict) else None

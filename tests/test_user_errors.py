@@ -1,0 +1,252 @@
+"""A user's mistake ends every command with one line (what was wrong, what to do) and a non-zero exit.
+
+Each test reads what the user sees: the last line printed, the exit code, no traceback unless asked.
+"""
+
+import os
+import subprocess
+import sys
+from argparse import ArgumentError
+from pathlib import Path
+
+import pytest
+import torch
+
+from research import attack, fit, quantize
+from research.errors import TRACEBACK_ENV, UserError, run_command, user_message
+from research.tasks import Distillation, ImageClassification
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = """
+trainer: {logger: false, enable_progress_bar: false, enable_model_summary: false, max_epochs: 1}
+model:
+  class_path: research.tasks.ImageClassification
+  init_args:
+    model: {name: five_layer_cnn, num_classes: 4, in_chans: 1, img_size: 16, hidden_dim: 16}
+data:
+  class_path: research.data.SyntheticImages
+  init_args: {num_samples: 16, num_classes: 4, img_size: 16, in_chans: 1, batch_size: 8}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["research"])
+    monkeypatch.delenv(TRACEBACK_ENV, raising=False)
+
+
+def printed(capsys, command) -> str:
+    """Run ``command`` as a command's entry point does; the last line printed, after checking the rest."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(command)
+    out = capsys.readouterr()
+    text = (out.out + out.err).strip()
+    assert exit_info.value.code not in (0, None)
+    assert "Traceback" not in text
+    last = text.splitlines()[-1]
+    assert last.startswith("error: ") and last.endswith(f"[{TRACEBACK_ENV}=1 shows the traceback]")
+    return last
+
+
+def config(text: str = TINY, name: str = "tiny.yaml") -> str:
+    Path(name).write_text(text)
+    return name
+
+
+# --- one line, for each command -------------------------------------------------------------------------
+
+
+def test_a_command_line_mistake_is_one_line_from_python_m(tmp_path):
+    """The real entry point: ``python -m research.fit`` with an empty config file."""
+    Path("empty.yaml").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop(TRACEBACK_ENV, None)
+    done = subprocess.run([sys.executable, "-m", "research.fit", "fit", "--config", "empty.yaml"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    text = (done.stdout + done.stderr).strip()
+    assert done.returncode == 2
+    assert "Traceback" not in text
+    assert text.splitlines()[-1].startswith("error: config file empty.yaml is empty")
+
+
+def test_the_traceback_comes_when_asked(monkeypatch, capsys):
+    monkeypatch.setenv(TRACEBACK_ENV, "1")
+    with pytest.raises(UserError, match="is empty"):
+        run_command(lambda: fit.main(["fit", "--config", config("")]))
+
+
+def test_an_error_that_is_not_the_users_keeps_its_traceback():
+    def broken():
+        return torch.zeros(2) @ torch.zeros(3)  # a RuntimeError inside torch: a bug, not a mistake
+
+    with pytest.raises(RuntimeError):
+        run_command(broken)
+    assert user_message(ValueError("raised outside this package")) is None
+
+
+def test_our_message_is_dug_out_of_jsonargparse(capsys):
+    spec = TINY.replace("num_classes: 4, in_chans", "num_classes: ten, in_chans")
+    last = printed(capsys, lambda: fit.main(["fit", "--config", config(spec)]))
+    assert "num_classes: ten" in last and "write counts and sizes as numbers" in last
+    assert "Union subtypes" not in last and "NoneType" not in last
+
+
+def test_an_unknown_option_is_one_line(capsys):
+    last = printed(capsys, lambda: fit.main(["fit", "--config", config(), "--model.init_args.lrr", "0.1"]))
+    assert "Option 'lrr' is not accepted" in last
+    last = printed(capsys, lambda: fit.main(["fit", "--config", config(), "--trainer.max_epochs", "abc"]))
+    assert "trainer.max_epochs" in last and "'abc'" in last
+    with pytest.raises(ArgumentError):  # main() itself raises
+        fit.main(["fit", "--config", config(), "--model.init_args.lrr", "0.1"])
+
+
+def test_reproduce_exits_with_its_status_through_the_entry_point(capsys):
+    from research.reproduce.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(lambda: main(["list"]))
+    assert exit_info.value.code == 0
+
+
+# --- config files ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [("", "is empty"), ("- a\n- b\n", "is a list"), ("hello\n", "is a str, 'hello'"),
+     ("trainer:\n\tmax_epochs: 1\n", "is not valid YAML at line 2, column 1 (a tab: YAML indents with spaces")],
+    ids=["empty", "list", "string", "tabs"],
+)
+def test_a_config_file_that_is_not_a_mapping_is_named(text, said, capsys):
+    name = config(text, "mine.yaml")
+    for command in (lambda: fit.main(["fit", "--config", name]),
+                    lambda: attack.main(["--config", name, "--ckpt_path", "x.ckpt"]),
+                    lambda: quantize.main(["--config", name, "--checkpoint", "x.ckpt"])):
+        torch.save({"state_dict": {}}, "x.ckpt")
+        assert f"error: config file mine.yaml {said}" in printed(capsys, command)
+
+
+def test_a_missing_config_file_is_named(capsys):
+    assert "config file nope.yaml not found" in printed(capsys, lambda: fit.main(["fit", "--config", "nope.yaml"]))
+
+
+# --- checkpoints that are not checkpoints --------------------------------------------------------------
+
+
+def _broken(kind: str) -> str:
+    path = Path(f"{kind}.ckpt")
+    if kind == "random":
+        path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                       dtype=torch.uint8).numpy().tobytes())
+    elif kind == "truncated":
+        torch.save({"state_dict": {"w": torch.zeros(1000)}}, path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        torch.save(torch.zeros(3), path)
+    return str(path)
+
+
+BROKEN = {"random": "neither the zip archive torch.save writes nor a pickle", "truncated": "truncated",
+          "empty": "the file is empty, 0 bytes", "tensor": "it holds a Tensor, not a mapping"}
+CNN = {"name": "five_layer_cnn", "num_classes": 4, "in_chans": 1, "img_size": 16, "hidden_dim": 16}
+
+
+@pytest.mark.parametrize("kind", BROKEN)
+@pytest.mark.parametrize("reader", ["fit --ckpt_path", "attack", "quantize", "teacher", "pretrained"])
+def test_a_file_that_is_not_a_checkpoint_says_so(kind, reader, capsys):
+    path = _broken(kind)
+    commands = {
+        "fit --ckpt_path": lambda: fit.main(["test", "--config", config(), "--ckpt_path", path]),
+        "attack": lambda: attack.main(["--config", config(), "--ckpt_path", path]),
+        "quantize": lambda: quantize.main(["--config", config(), "--checkpoint", path]),
+        "teacher": lambda: Distillation(model=CNN, teacher=CNN, teacher_checkpoint=path),
+        "pretrained": lambda: ImageClassification(model=CNN, pretrained=path),
+    }
+    last = printed(capsys, commands[reader])
+    assert f"not a checkpoint: {path} (" in last and BROKEN[kind] in last
+    assert "weights_only=False" not in last
+
+
+def test_a_state_dict_is_not_a_checkpoint_to_resume(capsys):
+    torch.save({"w": torch.zeros(2)}, "weights.pt")
+    last = printed(capsys, lambda: fit.main(["fit", "--config", config(), "--ckpt_path", "weights.pt"]))
+    assert "not a checkpoint: weights.pt (a mapping without 'state_dict'" in last
+
+
+def test_ckpt_path_last_without_a_last_checkpoint_is_one_line(capsys):
+    last = printed(capsys, lambda: fit.main(["fit", "--config", config(), "--ckpt_path", "last",
+                                             "--experiment", "nothing-here"]))
+    assert "--ckpt_path last: there is no checkpoints/nothing-here/last.ckpt" in last
+
+
+# --- run length, labels, attack settings, data ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["max_epochs", "max_steps"])
+def test_a_run_that_trains_nothing_stops_before_training(key, capsys):
+    last = printed(capsys, lambda: fit.main(["fit", "--config", config(), f"--trainer.{key}", "0"]))
+    assert f"--trainer.{key} 0 trains nothing; give at least 1" in last
+
+
+def test_a_label_equal_to_num_classes_is_named(capsys):
+    import numpy as np
+
+    labels = np.arange(16) % 4
+    labels[5] = 4  # one label too many for a 4-class model
+    np.savez("data.npz", images=np.zeros((16, 16, 16), np.uint8), labels=labels)
+    spec = TINY.replace("class_path: research.data.SyntheticImages", "class_path: research.data.NpzImages")
+    spec = spec.replace("{num_samples: 16, num_classes: 4, img_size: 16, in_chans: 1, batch_size: 8}",
+                        "{path: data.npz, batch_size: 8}")
+    last = printed(capsys, lambda: fit.main(["fit", "--config", config(spec)]))
+    assert "NpzImages has label 4, but the model predicts 4 classes (labels 0 to 3)" in last
+
+
+def test_nan_in_an_npz_is_a_clear_error_at_setup(capsys):
+    import numpy as np
+
+    from research.data import NpzImages
+
+    images = np.full((8, 4, 4), 0.5, np.float32)
+    images[3, 1, 1] = np.nan
+    np.savez("nan.npz", images=images, labels=np.arange(8) % 2)
+    last = printed(capsys, lambda: NpzImages("nan.npz"))
+    assert "nan.npz['images'] holds NaN or inf in 1 of its 8 entries (the first: index 3)" in last
+
+
+def test_an_empty_class_folder_that_is_not_the_first_is_named(capsys):
+    from PIL import Image
+
+    from research.data import ImageFolderData
+
+    for name in ("cat", "dog"):
+        Path(f"images/train/{name}").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save("images/train/cat/0.png")
+    last = printed(capsys, lambda: ImageFolderData("images"))
+    assert "class folder dog under images/train hold no image" in last
+
+
+def test_a_corpus_that_is_not_utf8_is_named_before_training(capsys):
+    from research.data import TranslationDataModule
+
+    Path("corpus.tsv").write_bytes("hello\tol\u00e1\n".encode("latin-1"))
+    last = printed(capsys, lambda: TranslationDataModule(corpus="corpus.tsv"))
+    assert "corpus file corpus.tsv is not UTF-8 text (byte 0xe1 on line 1)" in last
+
+
+ATTACKED = {"eps": (["--eps", "8"], "--eps 8 is above 1: images are in [0, 1]"),
+            "steps": (["--steps", "0", "--step_size", "0.01"], "--steps 0 with --step_size 0.01: PGD needs steps >= 1")}
+
+
+@pytest.mark.parametrize("case", ATTACKED)
+def test_attack_settings_that_cannot_mean_what_they_say(case, capsys):
+    from research.attack import robust_accuracy
+
+    args, said = ATTACKED[case]
+    eps = [float(args[1])] if case == "eps" else [0.1]
+    steps, size = (0, 0.01) if case == "steps" else (40, None)
+    last = printed(capsys, lambda: robust_accuracy(torch.nn.Flatten(), [], attacks=["pgd"], eps=eps, steps=steps,
+                                                   step_size=size))
+    assert said in last
