@@ -36,6 +36,10 @@ def test_trained_bpe_has_bert_specials_bytes_and_templates(verses):
     assert pair.tokens[-1] == "[SEP]" and set(pair.type_ids[: sep + 1]) == {0} and set(pair.type_ids[sep + 1 :]) == {1}
     assert any(not t.startswith("\u2581") and t.isalpha() and len(t) > 1 for t in tok.get_vocab())  # word pieces
     assert tok.decode(tok.encode("the light").ids) == "the light"
+    # punctuation is a piece of its own, never glued to a word (as BERT's pre-tokeniser has it)
+    tokens = tok.encode("said, “God”.").tokens[1:-1]
+    assert tokens[:4] == ["\u2581said", ",", "\u2581", "“"] and tokens[-2:] == ["”", "."]
+    assert not [t for t in tok.get_vocab() if len(t) > 1 and any(c in ",.;:?!“”’" for c in t) and t[0] != "<"]
     # byte tokens are plain vocabulary: decoding keeps them, and their text in the input is just text
     assert tok.decode(tok.encode("<0x41> ☃").ids, skip_special_tokens=True) == "<0x41> ☃"
 
