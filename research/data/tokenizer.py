@@ -12,8 +12,9 @@ arXiv 1508.07909):
   the pieces are joined back without guessing where spaces went (BERT's decoder puts spaces
   around ``¿ ’ “ ”``, which SacreBLEU does not undo); punctuation is then split off as pieces of
   its own, as BERT does (``"▁¿Por"`` -> ``"▁" "¿" "Por"``), so that no vocabulary entry is a word
-  glued to a comma (without it, a fifth of an 8,000-token Bible vocabulary was such entries and
-  the seq2seq Transformer lost 4 BLEU); splitting drops no character, so decoding is unchanged;
+  glued to a comma (without it, a fifth of an 8,000-token Bible vocabulary was such entries, and
+  the seq2seq Transformer's test BLEU was 20.75 against 24.85 with WordPiece); splitting drops no
+  character, so decoding is unchanged;
 - BPE over every character of the training text (no alphabet limit), with byte fallback: a
   character outside that alphabet is encoded as its UTF-8 bytes, the tokens ``<0x00>`` ...
   ``<0xFF>`` (ids 5-260 of every trained vocabulary), never as ``[UNK]``, and decodes back to the
