@@ -14,10 +14,16 @@ run resumed in epoch 2 starts fresh workers. So nothing here lives in a stream:
   in whichever process loads it; the main process's generators are put back afterwards, so with
   ``num_workers=0`` the model's dropout stream is untouched. Augmentation (crops, flips, timm's
   RandAugment) and MLM masking are thus the same with any ``num_workers`` and persistence;
-- a training loader starts at the trainer's current epoch: Lightning creates the epoch's iterator
-  before it calls ``set_epoch`` (``_FitLoop.setup_data``), and workers, like the translation's
-  bucket sampler, draw the first batches' indices as soon as the iterator exists, so a resumed run
-  would otherwise start its first epoch with epoch 0's order;
+- a loader's iterator starts at the first batch asked of it, not when it is created
+  (:class:`Loader`): Lightning creates the epoch's iterator before it calls ``set_epoch``
+  (``_FitLoop.setup_data``), and workers, like the translation's bucket sampler, draw the first
+  batches' indices (and with them the epoch) as soon as torch's iterator exists. Worse, a schedule
+  over the run (``trainer.estimated_stepping_batches`` in ``configure_optimizers``) builds the loader
+  and creates that iterator before the checkpoint is restored, and Lightning keeps it for the
+  resumed epoch, which would get epoch 0's order and draws with workers (not with ``num_workers=0``,
+  whose iterator draws nothing until asked). A loader built outside a trainer also starts at the
+  ``epoch`` it is given (:func:`trainer_position` for a datamodule), for whoever iterates it without
+  calling ``set_epoch``;
 - each loader has a generator of its own, so creating an iterator (which draws the workers' base
   seed) never advances the global generator that :class:`~research.callbacks.RNGState` saves;
 - an evaluation split comes in a fixed random order (:func:`fixed_order`), so ``fast_dev_run`` and
@@ -149,13 +155,46 @@ def _as_is(batch):
     return batch
 
 
+class Loader(DataLoader):
+    """A DataLoader whose iterator starts (workers prefetching, samplers reading their epoch) at its first batch.
+
+    torch's multi-process iterator sends the first ``prefetch_factor * num_workers`` batches of
+    indices to the workers as soon as it is created, so the epoch the samplers read is the one set
+    then, not the one Lightning sets before the epoch's first batch; see the module docstring.
+    """
+
+    def __iter__(self) -> Iterator:
+        return _StartsAtFirstBatch(self)
+
+
+class _StartsAtFirstBatch:
+    """An iterator over ``loader`` that creates torch's iterator when the first batch is asked for."""
+
+    def __init__(self, loader: Loader):
+        self.loader, self.iterator = loader, None
+
+    def __iter__(self) -> _StartsAtFirstBatch:
+        return self
+
+    def __next__(self):
+        if self.iterator is None:
+            # torch's own __iter__: persistent workers are reset for the new epoch here
+            self.iterator = DataLoader.__iter__(self.loader)
+        return next(self.iterator)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
 def trainer_position(datamodule) -> dict[str, int]:
     """``rank`` and ``epoch`` for :func:`make_loader` from the datamodule's trainer (0 and 0 without one)."""
     trainer = datamodule.trainer
     if trainer is None:
         return {}
     # the number Lightning hands to set_epoch (fit_loop.on_advance_start); a run resumed from an
-    # end-of-epoch checkpoint has it one ahead of trainer.current_epoch when the loader is built
+    # end-of-epoch checkpoint has it one ahead of trainer.current_epoch when the loader is built. It is
+    # 0 when the loader is built before the checkpoint is restored (trainer.estimated_stepping_batches
+    # in configure_optimizers): harmless, as Lightning sets the epoch before the first batch (Loader).
     return {"rank": trainer.global_rank, "epoch": trainer.fit_loop.epoch_progress.current.processed}
 
 
@@ -173,7 +212,7 @@ def make_loader(
     rank: int = 0,
     epoch: int = 0,
 ) -> DataLoader:
-    """The one way this package builds a DataLoader.
+    """The one way this package builds a DataLoader (a :class:`Loader`).
 
     Args:
         dataset: the split.
@@ -199,18 +238,16 @@ def make_loader(
         generator=torch.Generator().manual_seed(_derive(_ORDER, seed or 0, -1)[0]),
     )
     if batch_sampler is not None:
-        loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn, **common)
+        loader = Loader(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn, **common)
         _set_sampler_epoch(loader, epoch)
         return loader
     if shuffle:
         sampler = EpochShuffle(dataset, seed=seed or 0)
         sampler.set_epoch(epoch)
         batches = SeededBatchSampler(sampler, batch_size, drop_last, seed=seed or 0, rank=rank)
-        return DataLoader(
+        return Loader(
             SeededFetch(dataset, collate_fn or default_collate), batch_sampler=batches, collate_fn=_as_is, **common
         )
     if seed is not None:
         dataset = Subset(dataset, fixed_order(len(dataset), seed))
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, drop_last=drop_last, collate_fn=collate_fn, **common
-    )
+    return Loader(dataset, batch_size=batch_size, shuffle=False, drop_last=drop_last, collate_fn=collate_fn, **common)

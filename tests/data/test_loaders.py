@@ -86,3 +86,19 @@ def test_a_loader_built_in_a_resumed_epoch_starts_with_that_epoch():
     loader = at_epoch(images(2), 2).train_dataloader()
     first = [torch.cat([x.flatten(), y.float()]) for x, y in loader]  # no set_epoch
     assert all(torch.equal(a, b) for a, b in zip(reference[-len(first):], first, strict=True))
+
+
+def test_an_iterator_created_before_set_epoch_serves_the_epoch_set_before_its_first_batch():
+    # Lightning creates the iterator in setup_data (also from estimated_stepping_batches, before a
+    # checkpoint is restored) and sets the epoch afterwards; torch's workers prefetch on creation
+    L.seed_everything(0)
+    reference = epochs(images(0).train_dataloader(), [0, 1, 2])
+    loader = images(2).train_dataloader()  # persistent workers
+    early = iter(loader)
+    _set_sampler_epoch(loader, 1)
+    first = [torch.cat([x.flatten(), y.float()]) for x, y in early]
+    assert all(torch.equal(a, b) for a, b in zip(reference[len(first):2 * len(first)], first, strict=True))
+    early = iter(loader)  # the next epoch's, made again before set_epoch
+    _set_sampler_epoch(loader, 2)
+    second = [torch.cat([x.flatten(), y.float()]) for x, y in early]
+    assert all(torch.equal(a, b) for a, b in zip(reference[-len(second):], second, strict=True))
