@@ -9,7 +9,8 @@ A config file holds the constructor arguments of a task (``model:``), a datamodu
 the Trainer (``trainer:``). Unless the config says otherwise a run gets: a wandb logger (offline
 unless you are logged in or set WANDB_MODE; it never prompts) and a CSV logger under logs/,
 checkpoints (best and last) under checkpoints/<experiment>/ with the run's resolved config.yaml beside
-them, a rich progress bar, a learning-rate monitor, and RNG states in its checkpoints so that
+them, a rich progress bar, a learning-rate monitor, a stop at the first NaN or inf loss (the last good
+checkpoint stays the last one), and RNG states in its checkpoints so that
 ``--ckpt_path last`` resumes exactly (and continues the same wandb run and CSV version).
 
 ``--ckpt_path last`` and ``--ckpt_path best`` name files of checkpoints/<experiment>/: ``last.ckpt`` (the
@@ -36,7 +37,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 
 import research.data  # noqa: F401  (makes the datamodules known by their short names)
 import research.tasks  # noqa: F401  (makes the tasks known by their short names)
-from research.callbacks import RNGState
+from research.callbacks import FiniteLoss, RNGState
 from research.callbacks.checkpoint import (
     LAST,
     AtomicCheckpointIO,
@@ -91,10 +92,14 @@ def build(entry: dict[str, Any]) -> Any:
 
 
 def default_callbacks(experiment: str, monitor: str | None, mode: str, logging: bool) -> list[dict[str, Any]]:
-    """Our callbacks as config entries: checkpoints (best and last), progress bar, RNG states, run ids, lr."""
+    """Our callbacks as config entries: checkpoints, progress bar, RNG states, run ids, NaN stop, lr.
+
+    The NaN stop is :class:`research.callbacks.FiniteLoss`: a NaN or inf loss ends the run at once.
+    """
     checkpoint = {"dirpath": str(CHECKPOINT_ROOT / experiment), "filename": "best-{epoch}-{step}",
                   "monitor": monitor, "mode": mode, "save_last": True}
-    defaults = [spec(ModelCheckpoint, checkpoint), spec(RichProgressBar), spec(RNGState), spec(RunIdentity)]
+    defaults = [spec(ModelCheckpoint, checkpoint), spec(RichProgressBar), spec(RNGState), spec(RunIdentity),
+                spec(FiniteLoss)]
     if logging:
         defaults.append(spec(LearningRateMonitor, {"logging_interval": "step"}))
     return defaults

@@ -153,7 +153,7 @@ def test_print_config_shows_the_resolved_config(capsys):
         "lightning.pytorch.loggers.wandb.WandbLogger", "research.loggers.ContinuedCSVLogger"]
     callbacks = {c["class_path"].rsplit(".", 1)[1]: c["init_args"] for c in trainer["callbacks"]}
     assert callbacks["ModelCheckpoint"]["dirpath"] == "checkpoints/resnet/mnist_resnet20"
-    assert callbacks["ModelCheckpoint"]["monitor"] == "val/acc" and "RNGState" in callbacks
+    assert callbacks["ModelCheckpoint"]["monitor"] == "val/acc" and {"RNGState", "FiniteLoss"} <= set(callbacks)
 
 
 def test_printed_config_runs_as_a_config(tmp_path, capsys):
@@ -215,7 +215,7 @@ def test_default_run_has_offline_wandb_csv_checkpoints(tmp_path, monkeypatch):
     assert (tmp_path / "checkpoints/smoke/default/last.ckpt").exists()
     assert list((tmp_path / "checkpoints/smoke/default").glob("best-*.ckpt"))
     names = {type(c).__name__ for c in cli.trainer.callbacks}
-    assert {"ModelCheckpoint", "RichProgressBar", "LearningRateMonitor", "RNGState"} <= names
+    assert {"ModelCheckpoint", "RichProgressBar", "LearningRateMonitor", "RNGState", "FiniteLoss"} <= names
 
 
 def test_wandb_is_offline_unless_logged_in(monkeypatch, tmp_path):

@@ -250,3 +250,29 @@ def test_attack_settings_that_cannot_mean_what_they_say(case, capsys):
     last = printed(capsys, lambda: robust_accuracy(torch.nn.Flatten(), [], attacks=["pgd"], eps=eps, steps=steps,
                                                    step_size=size))
     assert said in last
+
+
+# --- a loss that diverges during training --------------------------------------------------------------
+
+
+def test_a_loss_that_becomes_nan_stops_training_and_keeps_the_last_good_checkpoint(capsys):
+    """lr 1000: the first epochs stay finite, then the loss is NaN; the run stops in that step."""
+    import re
+
+    spec = TINY.replace("max_epochs: 1}", "max_epochs: 8}").replace("num_samples: 16", "num_samples: 20")
+    spec = spec.replace("hidden_dim: 16}", "hidden_dim: 16}\n    lr: 1000.0")
+    last = printed(capsys, lambda: fit.main(["fit", "--config", config(spec), "--experiment", "nan",
+                                             "--test_after_fit", "false"]))
+    said = re.search(r"error: (\S+) became (nan|inf|-inf) at training batch \d of epoch (\d+) \(global step (\d+)\); "
+                     r"training stopped and checkpoints/nan/last.ckpt keeps the last good state; try a lower "
+                     r"learning rate \(now [\d.e+]+\) or gradient clipping \(--trainer.gradient_clip_val 1.0\)", last)
+    assert said, last
+    name, epoch, step = said[1], int(said[3]), int(said[4])
+    assert name == "train/loss" and epoch >= 1  # a good epoch came first
+    steps_per_epoch = 2  # 16 training images in batches of 8
+    assert epoch * steps_per_epoch < step <= (epoch + 1) * steps_per_epoch  # stopped in the epoch it diverged
+    kept = torch.load("checkpoints/nan/last.ckpt", weights_only=False)
+    assert (kept["epoch"], kept["global_step"]) == (epoch - 1, epoch * steps_per_epoch)  # the last epoch end
+    assert all(v.isfinite().all() for v in kept["state_dict"].values() if v.is_floating_point())
+    for best in Path("checkpoints/nan").glob("best-*.ckpt"):
+        assert int(re.search(r"step=(\d+)", best.name)[1]) <= kept["global_step"]
