@@ -90,12 +90,20 @@ def _parser_message(err: argparse.ArgumentError) -> str:
     return f"{_one_line(text)} (--help lists the options)"
 
 
+def _from_worker(message: str) -> str:
+    """A DataLoader worker's error reads "Caught X in DataLoader worker ... Original Traceback ...": its last line."""
+    if "Original Traceback" not in message:
+        return message
+    last = message.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
 def user_message(err: BaseException) -> str | None:
     """The one line to print for ``err`` if it is a mistake of the user's (see the module doc), else None."""
     chain = _causes(err)
     for cause in chain:
         if isinstance(cause, UserError) or _is_misconfiguration(cause):
-            return _one_line(str(cause))
+            return _one_line(_from_worker(str(cause)))
         if isinstance(cause, _OURS) and _raised_here(cause):
             return _one_line(str(cause))
     if isinstance(err, argparse.ArgumentError):

@@ -276,3 +276,65 @@ def test_a_loss_that_becomes_nan_stops_training_and_keeps_the_last_good_checkpoi
     assert all(v.isfinite().all() for v in kept["state_dict"].values() if v.is_floating_point())
     for best in Path("checkpoints/nan").glob("best-*.ckpt"):
         assert int(re.search(r"step=(\d+)", best.name)[1]) <= kept["global_step"]
+
+
+# --- unreadable image files ----------------------------------------------------------------------------
+
+
+def _image_folder(corrupt: str = "dog/9.png") -> None:
+    from PIL import Image
+
+    for name in ("cat", "dog"):
+        Path(f"images/train/{name}").mkdir(parents=True, exist_ok=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(f"images/train/{name}/{i}.png")
+    Path(f"images/train/{corrupt}").write_bytes(b"not an image")
+
+
+def test_an_unreadable_image_is_named_before_training(capsys):
+    _image_folder()
+    spec = TINY.replace("num_classes: 4, in_chans: 1, img_size: 16", "num_classes: 2, in_chans: 3, img_size: 16")
+    spec = spec.replace("class_path: research.data.SyntheticImages", "class_path: research.data.ImageFolderData")
+    spec = spec.replace("{num_samples: 16, num_classes: 4, img_size: 16, in_chans: 1, batch_size: 8}",
+                        "{root: images, batch_size: 2, img_size: 16}")
+    last = printed(capsys, lambda: fit.main(["fit", "--config", config(spec)]))
+    assert ("error: 1 of the 9 image files under images/train cannot be read, the first images/train/dog/9.png "
+            "(cannot identify image file): fix or remove them, or skip them with --data.init_args.skip_unreadable "
+            "true") in last
+    assert not Path("checkpoints").exists() or not list(Path("checkpoints").rglob("*.ckpt"))  # nothing trained
+
+
+def test_unreadable_images_can_be_skipped_with_a_warning_and_a_count():
+    from research.data import ImageFolderData
+
+    _image_folder()
+    data = ImageFolderData("images", batch_size=2, skip_unreadable=True)
+    with pytest.warns(UserWarning, match=r"skipping 1 of the 9 image files under images/train that cannot be "
+                                         r"read \(skip_unreadable=True\): images/train/dog/9.png"):
+        data.setup("fit")
+    assert len(data.train_set) + len(data.val_set) + len(data.test_set) == 8
+
+
+def test_an_unreadable_first_image_is_named(capsys):
+    from research.data import ImageFolderData
+
+    _image_folder("cat/0.png")
+    last = printed(capsys, lambda: ImageFolderData("images"))
+    assert "image file images/train/cat/0.png cannot be read (cannot identify image file); fix or remove it" in last
+    data = ImageFolderData("images", batch_size=2, skip_unreadable=True)  # the next readable one sets the defaults
+    assert data.in_chans == 3
+
+
+def test_an_image_that_breaks_while_loading_is_named_from_a_worker(capsys):
+    """A truncated JPEG passes the header check; reading it in a DataLoader worker names it in one line."""
+    from PIL import Image
+    from torch.utils.data import DataLoader
+
+    from research.data.vision import ImageFiles
+
+    Image.new("RGB", (64, 64), (200, 10, 10)).save("whole.jpg")
+    Path("cut.jpg").write_bytes(Path("whole.jpg").read_bytes()[:300])
+    loader = DataLoader(ImageFiles([("cut.jpg", 0)], img_size=8, in_chans=3), batch_size=1, num_workers=1)
+    last = printed(capsys, lambda: next(iter(loader)))
+    assert "error: cannot read image cut.jpg (" in last and "fix or remove the file" in last
+    assert "Original Traceback" not in last

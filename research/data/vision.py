@@ -17,11 +17,13 @@ is one indexing operation (:class:`TensorImages`), so the default ``num_workers=
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -131,6 +133,39 @@ class TensorImages(Dataset):
         return self.images[indices], self.labels[indices]
 
 
+def unreadable_image(path: str | Path) -> str | None:
+    """Why PIL cannot read the image file at ``path`` (its header, and for PNG its chunks), or None if it can."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as err:  # noqa: BLE001  (PIL raises OSError, SyntaxError, struct.error, ... for a bad file)
+        return (str(err) or type(err).__name__).replace(f" {str(path)!r}", "")  # PIL repeats the name
+    return None
+
+
+def readable_samples(samples: list[tuple[str, int]], folder: Path, *, skip: bool) -> list[tuple[str, int]]:
+    """``samples`` whose files PIL can read; an unreadable one is an error, or with ``skip`` a warning.
+
+    Raises:
+        UserError: a file is unreadable and ``skip`` is False; the message names it.
+    """
+    with ThreadPoolExecutor(max_workers=8) as pool:  # reading headers waits on the disk, not the CPU
+        reasons = list(pool.map(unreadable_image, (path for path, _ in samples)))
+    bad = [(path, why) for (path, _), why in zip(samples, reasons, strict=True) if why is not None]
+    if not bad:
+        return samples
+    count = f"{len(bad)} of the {len(samples)} image files under {folder}"
+    first, why = bad[0]
+    if not skip:
+        raise UserError(
+            f"{count} cannot be read, the first {first} ({why}): fix or remove them, or skip them with "
+            "--data.init_args.skip_unreadable true"
+        )
+    names = ", ".join(path for path, _ in bad[:3]) + (", ..." if len(bad) > 3 else "")
+    rank_zero_warn(f"skipping {count} that cannot be read (skip_unreadable=True): {names}")
+    return [sample for sample, why in zip(samples, reasons, strict=True) if why is None]
+
+
 class ImageFiles(Dataset):
     """Images read from disk on demand, converted to ``in_chans`` and resized to a square.
 
@@ -149,8 +184,11 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         path, label = self.samples[index]
-        with Image.open(path) as image:
-            image = image.convert(self.mode)
+        try:
+            with Image.open(path) as image:
+                image = image.convert(self.mode)
+        except (OSError, SyntaxError, ValueError) as err:  # what setup's header check cannot see (a truncated JPEG)
+            raise UserError(f"cannot read image {path} ({err}); fix or remove the file") from err
         if image.size != (self.img_size, self.img_size):
             image = image.resize((self.img_size, self.img_size), Image.Resampling.BILINEAR)
         return pil_to_tensor(image), torch.tensor(label)
@@ -559,12 +597,15 @@ class ImageFolderData(VisionDataModule):
         root: folder holding ``train/`` and optionally ``val/`` and ``test/``.
         mean: per-channel mean used for normalisation by the task; default ImageNet's.
         std: per-channel std; default ImageNet's.
+        skip_unreadable: leave out image files PIL cannot read, with a warning that counts them;
+            by default such a file is an error that names it. Every file's header is read at setup
+            (PIL's ``verify``), so a broken file stops the run before training, not mid-epoch.
         **kwargs: :class:`VisionDataModule` arguments.
 
     Raises:
         FileNotFoundError: no ``root/train`` with class folders holding images.
-        ValueError: a ``val``/``test`` class missing from train, or non-square images without
-            ``img_size``.
+        ValueError: a ``val``/``test`` class missing from train, non-square images without
+            ``img_size``, or (at setup) an image file that cannot be read.
 
     """
 
@@ -574,10 +615,12 @@ class ImageFolderData(VisionDataModule):
         *,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        skip_unreadable: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.root = Path(root)
+        self.skip_unreadable = skip_unreadable
         train_dir = self.root / "train"
         if not train_dir.is_dir():
             raise FileNotFoundError(
@@ -585,12 +628,18 @@ class ImageFolderData(VisionDataModule):
                 "(torchvision ImageFolder layout), with optional root/val and root/test alike"
             )
         classes, self._class_to_idx = find_classes(train_dir)
-        first = min(
-            (p for p in (train_dir / classes[0]).rglob("*") if p.suffix.lower() in IMG_EXTENSIONS),
-            default=None,
-        )
-        if first is None:
+        files = sorted(p for p in (train_dir / classes[0]).rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+        if not files:
             raise FileNotFoundError(f"no image ({', '.join(IMG_EXTENSIONS)}) in {train_dir / classes[0]}")
+        first = files[0]  # sets the defaults below, so it must be readable (the rest are checked at setup)
+        why = unreadable_image(first)
+        if why is not None and not skip_unreadable:
+            raise UserError(f"image file {first} cannot be read ({why}); fix or remove it, or skip such files "
+                            "with --data.init_args.skip_unreadable true")
+        if why is not None:
+            first = next((p for p in files[1:] if unreadable_image(p) is None), None)
+            if first is None:
+                raise UserError(f"none of the {len(files)} image files in {train_dir / classes[0]} can be read")
         empty = [c for c in classes[1:]
                  if not any(p.suffix.lower() in IMG_EXTENSIONS for p in (train_dir / c).rglob("*"))]
         if empty:
@@ -620,5 +669,6 @@ class ImageFolderData(VisionDataModule):
                     f"{folder} has classes {sorted(unknown)} that train/ lacks; add them to train/"
                 )
             samples = make_dataset(folder, self._class_to_idx, IMG_EXTENSIONS, allow_empty=name != "train")
+            samples = readable_samples(samples, folder, skip=self.skip_unreadable)
             splits[name] = ImageFiles(samples, img_size=self.img_size, in_chans=self.in_chans)
         return splits
