@@ -27,12 +27,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jsonargparse
 import lightning as L
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
+from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 import research.data  # noqa: F401  (makes the datamodules known by their short names)
@@ -46,12 +47,19 @@ from research.callbacks.checkpoint import (
     best_checkpoint,
     logger_ids,
 )
+from research.callbacks.summary import ModelSummary
 from research.checkpoint_file import load_checkpoint
 from research.config_file import config_files, read_config_file
 from research.errors import UserError, run_command
-from research.loggers import ContinuedCSVLogger
+from research.loggers import ContinuedCSVLogger, WandbLogger
+from research.quiet import silence_known_noise
+
+silence_known_noise()
 
 CHECKPOINT_ROOT = Path("checkpoints")
+# Write None values into a saved config (jsonargparse 4.49 renamed skip_none to skip_unset and warns at the old name).
+_RENAMED = tuple(map(int, jsonargparse.__version__.split(".")[:2])) >= (4, 49)
+KEEP_NONE = {"skip_unset" if _RENAMED else "skip_none": False}
 LOG_ROOT = Path("logs")
 
 
@@ -92,14 +100,14 @@ def build(entry: dict[str, Any]) -> Any:
 
 
 def default_callbacks(experiment: str, monitor: str | None, mode: str, logging: bool) -> list[dict[str, Any]]:
-    """Our callbacks as config entries: checkpoints, progress bar, RNG states, run ids, NaN stop, lr.
+    """Our callbacks as config entries: checkpoints, progress bar, model summary, RNG states, run ids, NaN stop, lr.
 
     The NaN stop is :class:`research.callbacks.FiniteLoss`: a NaN or inf loss ends the run at once.
     """
     checkpoint = {"dirpath": str(CHECKPOINT_ROOT / experiment), "filename": "best-{epoch}-{step}",
                   "monitor": monitor, "mode": mode, "save_last": True}
-    defaults = [spec(ModelCheckpoint, checkpoint), spec(RichProgressBar), spec(RNGState), spec(RunIdentity),
-                spec(FiniteLoss)]
+    defaults = [spec(ModelCheckpoint, checkpoint), spec(RichProgressBar), spec(ModelSummary), spec(RNGState),
+                spec(RunIdentity), spec(FiniteLoss)]
     if logging:
         defaults.append(spec(LearningRateMonitor, {"logging_interval": "step"}))
     return defaults
@@ -109,7 +117,7 @@ def covered(entry: dict[str, Any], given: list[Callback]) -> bool:
     """Whether a callback the config already set does the default's job (any progress bar, any checkpointing)."""
     module, _, name = entry["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module), name)
-    kind = next((k for k in (ProgressBar, LightningModelCheckpoint) if issubclass(cls, k)), cls)
+    kind = next((k for k in (ProgressBar, LightningModelCheckpoint, LightningModelSummary) if issubclass(cls, k)), cls)
     return any(isinstance(c, kind) for c in given)
 
 
@@ -129,7 +137,7 @@ class SaveRunConfig(SaveConfigCallback):
         folder = run_folder(trainer)
         if trainer.is_global_zero:
             folder.mkdir(parents=True, exist_ok=True)
-            self.parser.save(self.config, str(folder / self.config_filename), skip_none=False, overwrite=True,
+            self.parser.save(self.config, str(folder / self.config_filename), **KEEP_NONE, overwrite=True,
                              multifile=self.multifile)
             self.save_config(trainer, pl_module, "fit")
             self.already_saved = True
@@ -287,6 +295,8 @@ class ResearchCLI(LightningCLI):
         callbacks = [c for c in default_callbacks(experiment, monitor, mode, logging) if not covered(c, given)]
         if trainer_config.get("enable_progress_bar") is False:
             callbacks = [c for c in callbacks if not c["class_path"].endswith("ProgressBar")]
+        if trainer_config.get("enable_model_summary") is False:
+            callbacks = [c for c in callbacks if not c["class_path"].endswith("ModelSummary")]
         if trainer_config.get("default_root_dir") is None:  # without loggers, config.yaml goes beside the checkpoints
             kwargs["default_root_dir"] = str(CHECKPOINT_ROOT / experiment)
         if self.print_config:
@@ -294,6 +304,9 @@ class ResearchCLI(LightningCLI):
         if loggers is not None:
             kwargs["logger"] = [build(entry) for entry in loggers]
         kwargs["callbacks"] = [*given, *(build(entry) for entry in callbacks)]
+        for callback in kwargs["callbacks"]:
+            if isinstance(callback, ModelCheckpoint):
+                callback.resuming = self.subcommand == "fit" and self.ckpt_path is not None
         plugins = trainer_config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):  # checkpoints appear whole or not at all
@@ -314,7 +327,7 @@ class ResearchCLI(LightningCLI):
         given = config.get("trainer.callbacks") or []
         config["trainer.callbacks"] = [*given, *(Namespace(class_path=e["class_path"],
                                                            init_args=Namespace(**e["init_args"])) for e in callbacks)]
-        sys.stdout.write(parser.dump(config, skip_none=False, skip_validation=True))
+        sys.stdout.write(parser.dump(config, **KEEP_NONE, skip_validation=True))
         sys.exit(0)
 
 

@@ -1,4 +1,4 @@
-"""Loggers with what Lightning's lack for a resumed run."""
+"""Loggers with what Lightning's lack: a resumed CSV log, a wandb run that starts without noise."""
 
 from __future__ import annotations
 
@@ -7,6 +7,27 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+
+
+class WandbLogger(_LightningWandbLogger):
+    """Lightning's WandbLogger, without the two warnings its defaults make wandb print at every start.
+
+    - "The anonymous setting has no effect": Lightning always passes ``anonymous`` to ``wandb.init``
+      (None unless asked), and wandb >= 0.19 warns whenever the setting is given at all. It is passed
+      only when ``anonymous=True`` is asked for.
+    - "git root logs does not exist": wandb looks for the git repository from the run's folder
+      (``save_dir``), which does not exist before the first run; it is created first, so wandb also
+      records the commit of the code that ran.
+    """
+
+    def __init__(self, *args: Any, anonymous: bool | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, anonymous=anonymous, **kwargs)
+        if not anonymous:
+            self._wandb_init.pop("anonymous", None)
+        folder = self._wandb_init.get("dir")
+        if folder and "://" not in str(folder):
+            Path(folder).mkdir(parents=True, exist_ok=True)
 
 
 class ContinuedCSVLogger(CSVLogger):

@@ -150,7 +150,7 @@ def test_print_config_shows_the_resolved_config(capsys):
     # what runs is what is printed: the loggers and callbacks that fit adds, not "logger: null"
     trainer = yaml.safe_load(printed)["trainer"]
     assert [c["class_path"] for c in trainer["logger"]] == [
-        "lightning.pytorch.loggers.wandb.WandbLogger", "research.loggers.ContinuedCSVLogger"]
+        "research.loggers.WandbLogger", "research.loggers.ContinuedCSVLogger"]
     callbacks = {c["class_path"].rsplit(".", 1)[1]: c["init_args"] for c in trainer["callbacks"]}
     assert callbacks["ModelCheckpoint"]["dirpath"] == "checkpoints/resnet/mnist_resnet20"
     assert callbacks["ModelCheckpoint"]["monitor"] == "val/acc" and {"RNGState", "FiniteLoss"} <= set(callbacks)

@@ -47,6 +47,12 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     def __init__(self, *args: Any, enable_version_counter: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, enable_version_counter=enable_version_counter, **kwargs)
         self._last_written_step = -1
+        self.resuming = False  # set by research.fit for --ckpt_path: the folder is expected to hold checkpoints
+
+    def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath: Any) -> None:  # noqa: N802  (Lightning's private name)
+        """Lightning's "Checkpoint directory ... exists and is not empty", except on a resume, which expects it."""
+        if not self.resuming:
+            super()._ModelCheckpoint__warn_if_dir_not_empty(dirpath)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)

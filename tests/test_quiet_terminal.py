@@ -1,0 +1,32 @@
+"""A first run, and its resume, print no warning a user cannot act on (issue 15, item 4)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NOISE = [
+    "litlogger",  # Lightning's advertisement
+    "The anonymous setting has no effect",  # wandb, from Lightning passing anonymous=None
+    "git root logs does not exist",  # wandb, before logs/ exists
+    "LeafSpec",  # Lightning's use of a torch API that torch deprecated
+    "Checkpoint directory",  # "... exists and is not empty" on a resume, which expects checkpoints there
+    "Total FLOPs: 0",  # a summary without an example input counts nothing
+    "skip_none parameter was deprecated",  # jsonargparse, from our own config.yaml writer
+    "Trainer already configured with model summary callbacks",  # Lightning, on our own summary
+]
+
+
+def test_a_first_run_and_its_resume_print_no_noise(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    config = str(ROOT / "configs/resnet/mnist_resnet20.yaml")
+    command = [sys.executable, "-m", "research.fit", "fit", "--config", config,
+               "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+               "--trainer.limit_test_batches", "1"]
+    for extra in ([], ["--ckpt_path", "last", "--trainer.max_epochs", "2", "--test_after_fit", "false"]):
+        done = subprocess.run(command + extra, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        text = done.stdout + done.stderr
+        assert done.returncode == 0, text[-3000:]
+        assert [noise for noise in NOISE if noise in text] == [], text
+    assert "Trainable params" in text  # the summary is still there, without its FLOPs
