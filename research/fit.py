@@ -54,8 +54,6 @@ from research.errors import UserError, run_command
 from research.loggers import ContinuedCSVLogger, WandbLogger
 from research.quiet import silence_known_noise
 
-silence_known_noise()
-
 CHECKPOINT_ROOT = Path("checkpoints")
 # Write None values into a saved config (jsonargparse 4.49 renamed skip_none to skip_unset and warns at the old name).
 _RENAMED = tuple(map(int, jsonargparse.__version__.split(".")[:2])) >= (4, 49)
@@ -332,6 +330,7 @@ class ResearchCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None, run: bool = True) -> ResearchCLI:
+    silence_known_noise()  # here, not at import: importing research.fit changes no global filter
     return ResearchCLI(args=args, run=run)
 
 
