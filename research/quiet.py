@@ -19,8 +19,15 @@ class _DropMessage(logging.Filter):
         return not str(record.msg).startswith(self.start)
 
 
+_silenced = False
+
+
 def silence_known_noise() -> None:
-    """Lightning's litlogger advertisement, its note on our own summary, and a torch API it still uses."""
+    """Lightning's litlogger advertisement, its note on our own summary, and a torch API it still uses (once)."""
+    global _silenced
+    if _silenced:
+        return
+    _silenced = True
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     # Printed at every Trainer start unless a LitLogger is used; Lightning has no option to turn it off.
     rank_zero.addFilter(_DropMessage("💡 Tip: For seamless cloud"))
