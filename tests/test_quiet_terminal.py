@@ -19,7 +19,10 @@ NOISE = [
 
 
 def test_a_first_run_and_its_resume_print_no_noise(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    # A user's shell: none of the test session's wandb settings (conftest's WANDB_SILENT would hide wandb's
+    # warnings; a WANDB_SERVICE left by an earlier test would make both runs share one wandb service).
+    env = {key: value for key, value in os.environ.items() if "WANDB" not in key}
+    env |= {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     config = str(ROOT / "configs/resnet/mnist_resnet20.yaml")
     command = [sys.executable, "-m", "research.fit", "fit", "--config", config,
                "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
