@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,10 @@ class ContinuedCSVLogger(CSVLogger):
             limit = self.resume_step if self.resume_step is not None else float("inf")
             kept = [row for row in rows if row.get("step", "") == "" or int(float(row["step"])) <= limit]
             path.rename(path.with_suffix(".csv.previous"))  # Lightning's writer would delete it
-        writer = super().experiment
+        with warnings.catch_warnings():
+            # Lightning warns that "previous log files ... will be deleted": not so here, they are kept above.
+            warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+            writer = super().experiment
         previous = path.with_suffix(".csv.previous")
         if previous.exists():
             keys = sorted({key for row in kept for key in row})

@@ -2,6 +2,7 @@
 
 import csv
 import sys
+import warnings
 
 import lightning as L
 import pytest
@@ -136,7 +137,10 @@ def test_resume_continues_the_same_wandb_run_and_csv_version(tmp_path, monkeypat
     step = first.trainer.global_step
     stored = logger_ids(tmp_path / "checkpoints/logged/last.ckpt")
     assert stored == {"wandb": wandb_id, "csv": csv_version, "step": step}
-    resumed = fit([*common, "--ckpt_path", "last"], tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = fit([*common, "--ckpt_path", "last"], tmp_path)
+    assert not [w for w in caught if "will be deleted" in str(w.message)]  # they are kept, so not said
     assert [lg.version for lg in resumed.trainer.loggers] == [wandb_id, csv_version]
     resumed.trainer.loggers[0].experiment.finish()
     assert not (tmp_path / "logs/csv/logged/version_1").exists()
