@@ -91,10 +91,15 @@ def spec(cls: type, init_args: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(init_args or {})}
 
 
+def entry_class(entry: dict[str, Any]) -> type:
+    """The class a :func:`spec` entry names."""
+    module, _, name = entry["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def build(entry: dict[str, Any]) -> Any:
     """Instantiate a :func:`spec` entry."""
-    module, _, name = entry["class_path"].rpartition(".")
-    return getattr(importlib.import_module(module), name)(**entry["init_args"])
+    return entry_class(entry)(**entry["init_args"])
 
 
 def default_callbacks(experiment: str, monitor: str | None, mode: str, logging: bool) -> list[dict[str, Any]]:
@@ -113,8 +118,7 @@ def default_callbacks(experiment: str, monitor: str | None, mode: str, logging: 
 
 def covered(entry: dict[str, Any], given: list[Callback]) -> bool:
     """Whether a callback the config already set does the default's job (any progress bar, any checkpointing)."""
-    module, _, name = entry["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
+    cls = entry_class(entry)
     kind = next((k for k in (ProgressBar, LightningModelCheckpoint, LightningModelSummary) if issubclass(cls, k)), cls)
     return any(isinstance(c, kind) for c in given)
 
