@@ -4,7 +4,8 @@ Madry, Makelov, Schmidt, Tsipras and Vladu, ICLR 2018, https://arxiv.org/abs/170
 
 ``x_{t+1} = Proj_{B(x, eps)}(x_t + step_size * s(grad_x L(f(x_t), y)))`` (section 2.1, eq. 2), with
 ``s`` the sign (L-inf) or the L2-normalised gradient, started at a random point of the ball
-(section 3) and restarted ``restarts`` times, keeping per example the perturbation of highest loss.
+(section 3) and restarted ``restarts`` times, keeping per example the worst case: a restart that
+fools the model if any does (the first such), else the one of highest loss (as AutoAttack counts).
 
 Reference we match: torchattacks' ``PGD`` (same start, step, projection and clamping; checked in
 tests/attacks/test_torchattacks_agreement.py) and the ``robustness`` library's L2 step.
@@ -72,8 +73,14 @@ def pgd(
         steps: gradient steps per restart; 0 returns the start point.
         norm: ``"linf"`` or ``"l2"``.
         random_start: start at a uniform random point of the ball instead of at ``x``.
-        restarts: independent random starts; each example keeps the result of highest loss
-            (lowest loss to the target when ``targeted``). Needs ``random_start``.
+        restarts: independent random starts. Each example keeps the first restart that fools the
+            model (prediction != ``y``; == ``y`` when ``targeted``), and an example no restart
+            fools keeps the restart of highest loss (lowest loss to the target when ``targeted``):
+            the worst case per example, so robust accuracy under restarts counts an example as
+            robust only if no restart fools it. (Highest loss alone is not the worst case: a
+            fooling restart can have a lower cross-entropy than a non-fooling one.) The fooling
+            rule applies when ``y`` holds (B,) integer class labels of (B, num_classes) logits;
+            otherwise the loss alone decides. Needs ``random_start``.
         targeted: make the model predict ``y`` (minimise the loss to ``y``) instead of leaving it.
         loss_fn: ``loss_fn(logits, y)`` returning per-example losses of shape (B,); default
             cross-entropy.
@@ -100,7 +107,7 @@ def pgd(
     with torch.inference_mode(False), torch.enable_grad(), attack_mode(model, eval_mode=eval_mode):
         x0 = x.detach().to(torch.promote_types(x.dtype, torch.float32), copy=True)
         y = y.clone() if y.is_inference() else y
-        best, best_loss = None, None
+        best = best_score = best_fooled = None
         for _ in range(restarts):
             x_adv = ball.random_start(x0) if random_start else x0.clone()
             for _ in range(steps):
@@ -113,22 +120,39 @@ def pgd(
                 best = x_adv
                 break
             with torch.no_grad():
-                loss = _losses(model, x_adv.to(x.dtype), y, loss_fn)
-            score = -loss if targeted else loss
+                logits = model(x_adv.to(x.dtype))
+                score = _loss_of(logits, y, loss_fn, len(x_adv))
+                score = -score if targeted else score
+                fooled = _fooled(logits, y, targeted)
             if best is None:
-                best, best_loss = x_adv, score
+                best, best_score, best_fooled = x_adv, score, fooled
             else:
-                better = score > best_loss
+                # Worst case per example: once fooled, an example keeps that restart; until then a
+                # restart that fools it, or failing that a higher loss, replaces the kept one.
+                better = ~best_fooled & (fooled | (score > best_score))
                 best = torch.where(better.view(-1, *([1] * (x0.ndim - 1))), x_adv, best)
-                best_loss = torch.where(better, score, best_loss)
+                best_score = torch.where(better, score, best_score)
+                best_fooled = best_fooled | fooled
         return best.detach().to(x.dtype)
 
 
 def _losses(model: nn.Module, x_adv: Tensor, y: Tensor, loss_fn: LossFn) -> Tensor:
-    loss = loss_fn(model(x_adv), y)
-    if loss.shape != (len(x_adv),):
+    return _loss_of(model(x_adv), y, loss_fn, len(x_adv))
+
+
+def _fooled(logits: Tensor, y: Tensor, targeted: bool) -> Tensor:
+    """(B,) whether each prediction leaves its label (reaches its target); all False unless y are class labels."""
+    if logits.ndim != 2 or y.shape != logits.shape[:1] or y.is_floating_point() or y.dtype == torch.bool:
+        return torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
+    hit = logits.argmax(-1) == y
+    return hit if targeted else ~hit
+
+
+def _loss_of(logits: Tensor, y: Tensor, loss_fn: LossFn, batch: int) -> Tensor:
+    loss = loss_fn(logits, y)
+    if loss.shape != (batch,):
         raise ValueError(
-            f"loss_fn must return one loss per example, shape ({len(x_adv)},), got shape {tuple(loss.shape)}; "
+            f"loss_fn must return one loss per example, shape ({batch},), got shape {tuple(loss.shape)}; "
             "use reduction='none', e.g. F.cross_entropy(logits, y, reduction='none')"
         )
     return loss.float()

@@ -134,7 +134,11 @@ class RobustEvaluation(Callback):
             pl_module.log(f"{stage}/{name}", correct / counts[0], sync_dist=True)
 
     def _correct(self, pl_module: L.LightningModule, x: Tensor, y: Tensor) -> list[Tensor]:
-        """Correct predictions on x: clean, under FGSM (0 when not run), under PGD."""
+        """How many of x are correct: clean, robust to FGSM (0 when not run), robust to PGD.
+
+        Robust means correct both clean and under the attack (an attacker may always submit the
+        clean image, which lies in every ball), as AutoAttack and ``research.attack`` count.
+        """
         try:
             x_fgsm = fgsm(pl_module, x, y, eps=self.eps) if self.norm == "linf" else None
             x_pgd = pgd(
@@ -156,8 +160,7 @@ class RobustEvaluation(Callback):
                 "false in the config (Trainer(inference_mode=False)); validation then runs under no_grad."
             ) from err
         with torch.no_grad():
-            return [
-                (pl_module(x).argmax(-1) == y).sum().float(),
-                (pl_module(x_fgsm).argmax(-1) == y).sum().float() if x_fgsm is not None else x.new_zeros(()),
-                (pl_module(x_pgd).argmax(-1) == y).sum().float(),
-            ]
+            clean = pl_module(x).argmax(-1) == y
+            fgsm_ok = clean & (pl_module(x_fgsm).argmax(-1) == y) if x_fgsm is not None else torch.zeros_like(clean)
+            pgd_ok = clean & (pl_module(x_pgd).argmax(-1) == y)
+        return [hits.sum().float() for hits in (clean, fgsm_ok, pgd_ok)]

@@ -71,15 +71,46 @@ def test_random_starts_are_uniform_in_their_balls():
     assert r.max() <= 1 + 1e-6 and abs(r.pow(4).mean() - 0.5) < 0.01
 
 
-def test_each_example_keeps_the_restart_with_the_highest_loss():
-    model, x, y = problem(batch=16)
-    kw = dict(eps=0.3, step_size=0.02, steps=2)  # short runs, so that the restarts differ
+class _FoolsWithLowLoss(nn.Module):
+    """Mean pixel below 0.5: class 1 wins narrowly (fooled, cross-entropy 0.85); above: class 0 wins
+    against five close rivals (not fooled, cross-entropy 1.71). Flat in x, so PGD stays at its start."""
+
+    def forward(self, x):
+        low = (x.flatten(1).mean(1, keepdim=True) < 0.5).float()
+        fooled = torch.tensor([0.0, 0.3, -20, -20, -20, -20])
+        kept = torch.tensor([0.0, -0.1, -0.1, -0.1, -0.1, -0.1])
+        return low * fooled + (1 - low) * kept + 0 * x.flatten(1)[:, :1]  # differentiable, zero gradient
+
+
+def test_restarts_keep_the_worst_case_per_example():
+    """A restart that fools the model wins over a higher loss that does not (AutoAttack's counting)."""
+    model, x = _FoolsWithLowLoss(), torch.full((64, 1, 1, 1), 0.5)
+    y = torch.zeros(64, dtype=torch.long)
+    kw = dict(eps=0.3, step_size=0.1, steps=1)
     torch.manual_seed(1)
     best = pgd(model, x, y, restarts=4, **kw)
     torch.manual_seed(1)  # the same four random starts, one call each
-    runs = torch.stack([losses(model, pgd(model, x, y, **kw), y) for _ in range(4)])
-    assert len(set(runs.argmax(0).tolist())) > 1  # not always the same restart: the test can tell
-    torch.testing.assert_close(losses(model, best, y), runs.max(0).values)
+    runs = [pgd(model, x, y, **kw) for _ in range(4)]
+    fooled = torch.stack([model(r).argmax(-1) != y for r in runs])
+    assert 0 < fooled.all(0).sum() and fooled.any(0).sum() < 64 and (fooled.any(0) & ~fooled.all(0)).any()
+    assert torch.equal(model(best).argmax(-1) != y, fooled.any(0))  # fooled iff any restart fooled it
+    first = fooled.float().argmax(0)  # the kept point is the first fooling restart's
+    torch.testing.assert_close(best[fooled.any(0)], torch.stack(runs)[first, torch.arange(64)][fooled.any(0)])
+
+
+def test_restarts_keep_the_highest_loss_when_none_fools():
+    model, x, y = problem(batch=32)
+    with torch.no_grad():
+        y = model(x).argmax(-1)  # correctly classified; at this eps most stay so under every restart
+    kw = dict(eps=0.01, step_size=0.005, steps=2)
+    torch.manual_seed(1)
+    best = pgd(model, x, y, restarts=4, **kw)
+    torch.manual_seed(1)
+    runs = [pgd(model, x, y, **kw) for _ in range(4)]
+    robust = ~torch.stack([model(r).argmax(-1) != y for r in runs]).any(0)
+    loss = torch.stack([losses(model, r, y) for r in runs])[:, robust]
+    assert robust.sum() >= 16 and len(set(loss.argmax(0).tolist())) > 1  # the test can tell the restarts apart
+    torch.testing.assert_close(losses(model, best, y)[robust], loss.max(0).values)
 
 
 def test_targeted_restarts_keep_the_lowest_loss_to_the_target():
@@ -88,8 +119,12 @@ def test_targeted_restarts_keep_the_lowest_loss_to_the_target():
     torch.manual_seed(2)
     best = pgd(model, x, target, restarts=3, **kw)
     torch.manual_seed(2)
-    runs = torch.stack([losses(model, pgd(model, x, target, **kw), target) for _ in range(3)])
-    torch.testing.assert_close(losses(model, best, target), runs.min(0).values)
+    runs = [pgd(model, x, target, **kw) for _ in range(3)]
+    loss = torch.stack([losses(model, r, target) for r in runs])
+    hit = torch.stack([model(r).argmax(-1) == target for r in runs])
+    first = hit.float().argmax(0)
+    expected = torch.where(hit.any(0), loss.gather(0, first[None])[0], loss.min(0).values)
+    torch.testing.assert_close(losses(model, best, target), expected)
 
 
 def test_a_custom_per_example_loss_is_what_gets_maximised():

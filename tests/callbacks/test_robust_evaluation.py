@@ -12,7 +12,9 @@ from attack_setup import (
     tiny_task,
     trainer,
 )
+from torch import nn
 
+from research.attacks import fgsm
 from research.callbacks import RobustEvaluation
 from research.tasks import ImageClassification
 
@@ -117,3 +119,24 @@ def test_task_without_images_is_a_clear_error():
 def test_bad_options_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RobustEvaluation(**kwargs)
+
+
+class Sine(nn.Module):
+    """The issue's counter-example: logits [sin(4 pi (mean(x) - 0.1875)), 0]. Wrong on a grey image of
+    0.5s (sin(1.25 pi) < 0), right after an L-inf step of 0.3 either way: an attack that "fixes" it."""
+
+    def forward(self, x):
+        first = torch.sin(4 * torch.pi * (x.mean(dim=(1, 2, 3)) - 0.1875))
+        return torch.stack([first, torch.zeros_like(first)], dim=1)
+
+
+def test_a_wrong_clean_prediction_is_never_counted_robust():
+    task = ImageClassification(Sine(), num_classes=2, mean=(0.0,), std=(1.0,))
+    grey = TensorData(torch.full((1, 1, 4, 4), 0.5), torch.tensor([0]), batch_size=1)
+    callback = RobustEvaluation(eps=0.3, num_samples=1, pgd_steps=1, pgd_step_size=0.3)
+    t = trainer(callbacks=[callback])
+    t.validate(task, datamodule=grey)
+    x_adv = fgsm(task, torch.full((1, 1, 4, 4), 0.5), torch.tensor([0]), eps=0.3)
+    assert task(x_adv).argmax(-1).item() == 0  # the attack lands on a correct prediction: the test can tell
+    metrics = {k: v.item() for k, v in t.callback_metrics.items() if "robust" in k or "subset" in k}
+    assert metrics == {"val/subset_clean_acc": 0.0, "val/robust_acc_fgsm": 0.0, "val/robust_acc_pgd": 0.0}
