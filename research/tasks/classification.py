@@ -20,7 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from research.checkpoint_file import load_checkpoint
 from research.models import build_model, import_weights
 from research.tasks.checks import check_checkpoint
-from research.tasks.optim import OptimizerName, build_optimizer, warmup_cosine_per_epoch
+from research.tasks.optim import OptimizerName, build_optimizer, one_cycle_per_epoch, warmup_cosine_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,13 @@ class ImageClassification(L.LightningModule):
         weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
         momentum: SGD momentum.
         nesterov: SGD Nesterov momentum.
-        warmup_epochs: linear warm-up length in epochs (may be fractional).
-        min_lr_ratio: the cosine schedule decays to ``lr * min_lr_ratio``.
-        schedule: "cosine" (per-step, after warm-up) or "constant".
+        warmup_epochs: linear warm-up length in epochs (may be fractional); for "cyclic", the
+            epochs up to the peak.
+        min_lr_ratio: the cosine and cyclic schedules decay to ``lr * min_lr_ratio``.
+        schedule: "cosine" (per-step, after warm-up), "constant", or "cyclic": per step, a linear
+            rise from 0 to ``lr`` over ``warmup_epochs`` and a linear fall to ``lr * min_lr_ratio``
+            at the run's last step (Wong et al. 2020's cyclic lr, see
+            :func:`~research.tasks.optim.one_cycle_linear`).
         pretrained: path of a checkpoint whose weights initialise the model, read through
             :func:`~research.models.import_weights` when the task is built: e.g. an MAE
             pre-training checkpoint, whose encoder loads into a ViT (position embeddings resampled
@@ -95,8 +99,8 @@ class ImageClassification(L.LightningModule):
         self.probe = self._linear_probe_head() if linear_probe else None
         if linear_probe and layer_decay is not None:
             raise ValueError("layer_decay scales the lr of the model's layers, which a linear probe freezes: drop one")
-        if schedule not in ("cosine", "constant"):
-            raise ValueError(f"unknown schedule {schedule!r}; choose 'cosine' or 'constant'")
+        if schedule not in ("cosine", "constant", "cyclic"):
+            raise ValueError(f"unknown schedule {schedule!r}; choose 'cosine', 'constant' or 'cyclic'")
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std, or neither (then the datamodule's are used)")
         self._set_normalization(mean, std)
@@ -133,12 +137,7 @@ class ImageClassification(L.LightningModule):
 
     def _load_pretrained(self, path: Path) -> None:
         """Initialise the model from ``path``; a checkpoint that does not fit stops here, before training."""
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"pretrained checkpoint {str(path)!r} not found; run the pre-training first "
-                "(e.g. configs/mae/*_pretrain.yaml writes checkpoints/<experiment>/last.ckpt) or fix the path"
-            )
-        checkpoint = load_checkpoint(path, what="pretrained checkpoint")
+        checkpoint = load_checkpoint(path, what="pretrained checkpoint")  # names the pre-training that writes it
         try:
             layout = import_weights(self.model, checkpoint)
         except ValueError as err:
@@ -314,7 +313,6 @@ class ImageClassification(L.LightningModule):
         )
         if hp.schedule == "constant":
             return optimizer
-        scheduler = warmup_cosine_per_epoch(
-            self.trainer, optimizer, warmup_epochs=hp.warmup_epochs, min_lr_ratio=hp.min_lr_ratio
-        )
+        per_epoch = one_cycle_per_epoch if hp.schedule == "cyclic" else warmup_cosine_per_epoch
+        scheduler = per_epoch(self.trainer, optimizer, warmup_epochs=hp.warmup_epochs, min_lr_ratio=hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -122,11 +122,76 @@ def warmup_cosine_per_epoch(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """:func:`warmup_cosine` over the trainer's whole run, with the warm-up given in (fractional) epochs."""
     total = run_length(trainer, "cosine")
+    warmup_steps = round(warmup_epochs * _steps_per_epoch(trainer))
+    return warmup_cosine(optimizer, warmup_steps=warmup_steps, total_steps=total, min_lr_ratio=min_lr_ratio)
+
+
+def _steps_per_epoch(trainer: Trainer) -> int:
     if trainer.train_dataloader is None:  # estimated_stepping_batches skips loading it when max_epochs=-1
         trainer.fit_loop.setup_data()
-    steps_per_epoch = max(1, trainer.num_training_batches // trainer.accumulate_grad_batches)
-    warmup_steps = round(warmup_epochs * steps_per_epoch)
-    return warmup_cosine(optimizer, warmup_steps=warmup_steps, total_steps=total, min_lr_ratio=min_lr_ratio)
+    return max(1, trainer.num_training_batches // trainer.accumulate_grad_batches)
+
+
+def one_cycle_linear(
+    optimizer: torch.optim.Optimizer, *, warmup_steps: float, total_steps: int, min_lr_ratio: float = 0.0
+) -> torch.optim.lr_scheduler.OneCycleLR:
+    """One triangular cycle per run: linear rise from 0 to each group's lr, linear fall to ``lr * min_lr_ratio``.
+
+    The cyclic learning rate of Wong, Rice & Kolter 2020, "Fast is better than free" (arXiv:2001.03994;
+    one of the DAWNBench speed-ups they adopt, Smith & Topin 2018's one cycle), as their MNIST code sets it
+    (github.com/locuslab/fast_adversarial, ``MNIST/train_mnist.py``, ``--lr-type cyclic``):
+    ``np.interp(t, [0, peak, end], [0, lr_max, 0])`` with ``t = epoch + (i + 1) / len(loader)``
+    for the i-th batch. In optimizer steps ``s`` (counted from 0) the lr of step ``s`` is
+    ``lr * np.interp(s + 1, [0, warmup_steps, total_steps], [0, 1, min_lr_ratio])``, so the
+    first step already moves (lr / warmup_steps) and the last one has ``lr * min_lr_ratio`` (0 in
+    the paper). It is torch's ``OneCycleLR`` (linear annealing, two phases, no momentum cycling),
+    which gives exactly these values: its rise runs from ``lr / div_factor`` at step 0 to ``lr``
+    at step ``warmup_steps - 1``, so ``div_factor = warmup_steps`` puts the line through 0 at
+    step -1, and its fall ends at step ``total_steps - 1`` (tests/tasks/test_optim.py pins the
+    match at every step). The scheduler's own step after the run's last optimizer step leaves
+    the lr one step further down the line, a value no optimizer step uses.
+
+    Args:
+        optimizer: its groups' ``lr`` are the peaks (layer-wise lr decay keeps its ratios).
+        warmup_steps: optimizer steps up to the peak, in (1, total_steps); need not be whole
+            (Wong et al.: 2/5 of the run).
+        total_steps: optimizer steps in the run.
+        min_lr_ratio: the lr of the last step, as a fraction of the peak.
+
+    Raises:
+        ValueError: ``warmup_steps`` not in (1, total_steps), or ``min_lr_ratio`` not in [0, 1].
+    """
+    if not 1 < warmup_steps < total_steps:
+        raise ValueError(
+            f"the cyclic schedule needs its peak after the first optimizer step and before the last: "
+            f"1 < warmup steps < {total_steps} (the run's steps), got {warmup_steps:g}; "
+            "set warmup_epochs (Wong et al.: 2/5 of max_epochs)"
+        )
+    if not 0 <= min_lr_ratio <= 1:
+        raise ValueError(f"min_lr_ratio must lie in [0, 1], got {min_lr_ratio}")
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[group["lr"] for group in optimizer.param_groups],
+        total_steps=total_steps,
+        pct_start=float(warmup_steps / total_steps),
+        anneal_strategy="linear",
+        cycle_momentum=False,  # Adam's betas (SGD's momentum) stay as configured, as in Wong et al.'s code
+        div_factor=float(warmup_steps),
+        # OneCycleLR's last lr is lr / div_factor / final_div_factor: infinity gives exactly 0.
+        final_div_factor=math.inf if min_lr_ratio == 0 else 1 / (min_lr_ratio * warmup_steps),
+        three_phase=False,
+    )
+
+
+def one_cycle_per_epoch(
+    trainer: Trainer, optimizer: torch.optim.Optimizer, *, warmup_epochs: float, min_lr_ratio: float
+) -> torch.optim.lr_scheduler.OneCycleLR:
+    """:func:`one_cycle_linear` over the trainer's whole run, peaking after ``warmup_epochs`` (fractional) epochs."""
+    total = run_length(trainer, "cyclic")
+    steps_per_epoch = _steps_per_epoch(trainer)
+    return one_cycle_linear(
+        optimizer, warmup_steps=warmup_epochs * steps_per_epoch, total_steps=total, min_lr_ratio=min_lr_ratio
+    )
 
 
 def warmup_linear(

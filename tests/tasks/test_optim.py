@@ -1,11 +1,12 @@
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from research.tasks.optim import build_optimizer, param_groups, run_length, warmup_cosine
+from research.tasks.optim import build_optimizer, one_cycle_linear, param_groups, run_length, warmup_cosine
 
 
 def test_no_weight_decay_on_biases_norms_and_tokens():
@@ -99,3 +100,77 @@ def test_a_schedule_over_an_endless_run_is_a_clear_error():
     assert run_length(SimpleNamespace(estimated_stepping_batches=120), "cosine") == 120
     with pytest.raises(ValueError, match="the linear schedule needs a run length: set trainer.max_epochs"):
         run_length(SimpleNamespace(estimated_stepping_batches=float("inf")), "linear")
+
+
+def wong_cyclic_lr(epoch: int, i: int, *, epochs: int, batches: int, lr_max: float) -> float:
+    """The lr of batch i of ``epoch`` in Wong et al.'s MNIST code (fast_adversarial, MNIST/train_mnist.py)."""
+    lr_schedule = lambda t: np.interp([t], [0, epochs * 2 // 5, epochs], [0, lr_max, 0])[0]  # noqa: E731 (theirs)
+    return lr_schedule(epoch + (i + 1) / batches)
+
+
+@pytest.mark.parametrize("epochs, batches", [(10, 80), (5, 7), (3, 2)])
+def test_one_cycle_is_wong_et_al_cyclic_lr_at_every_step(epochs, batches):
+    param = nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.Adam([param], lr=5e-3)  # their MNIST recipe: Adam, lr_max 5e-3
+    peak = epochs * 2 // 5  # their peak epoch (integer division, as in their code)
+    sched = one_cycle_linear(optimizer, warmup_steps=peak * batches, total_steps=epochs * batches)
+    for epoch in range(epochs):
+        for i in range(batches):
+            expected = wong_cyclic_lr(epoch, i, epochs=epochs, batches=batches, lr_max=5e-3)
+            assert abs(optimizer.param_groups[0]["lr"] - expected) < 1e-9, (epoch, i)
+            param.grad = torch.ones_like(param)
+            optimizer.step()
+            sched.step()
+    assert optimizer.param_groups[0]["betas"] == (0.9, 0.999)  # no momentum cycling
+
+
+def test_one_cycle_keeps_group_ratios_and_ends_at_min_lr():
+    a, b = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([{"params": [a], "lr": 1.0}, {"params": [b], "lr": 0.25}], lr=1.0)
+    sched = one_cycle_linear(optimizer, warmup_steps=2.5, total_steps=6, min_lr_ratio=0.1)
+    lrs = []
+    for _ in range(6):
+        lrs.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        sched.step()
+    expected = np.interp(np.arange(1, 7), [0, 2.5, 6], [0, 1, 0.1])  # a peak between two steps is fine
+    assert np.allclose([lr for lr, _ in lrs], expected, rtol=0, atol=1e-12)
+    assert np.allclose([lr for _, lr in lrs], 0.25 * expected, rtol=0, atol=1e-12)
+
+
+def test_one_cycle_without_room_for_its_peak_is_a_clear_error():
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    for warmup_steps in (0, 1, 10, 12):
+        with pytest.raises(ValueError, match="1 < warmup steps < 10"):
+            one_cycle_linear(optimizer, warmup_steps=warmup_steps, total_steps=10)
+    with pytest.raises(ValueError, match="min_lr_ratio must lie in"):
+        one_cycle_linear(optimizer, warmup_steps=4, total_steps=10, min_lr_ratio=2.0)
+
+
+def test_cyclic_schedule_of_the_classification_task_steps_as_wong_et_al():
+    import lightning as L
+
+    from research.data import SyntheticImages
+    from research.tasks import ImageClassification
+
+    class RecordLR(L.Callback):
+        def __init__(self):
+            self.lrs = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.lrs.append((trainer.current_epoch, batch_idx, trainer.optimizers[0].param_groups[0]["lr"]))
+
+    L.seed_everything(0)
+    epochs, record = 5, RecordLR()
+    task = ImageClassification({"name": "madry_mnist_cnn", "num_classes": 4, "in_chans": 1, "img_size": 8},
+                               optimizer="adamw", lr=5e-3, weight_decay=0.0, schedule="cyclic",
+                               warmup_epochs=epochs * 2 // 5, mean=[0.0], std=[1.0])
+    data = SyntheticImages(num_samples=96, num_classes=4, img_size=8, in_chans=1, batch_size=16)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[record],
+                        limit_val_batches=0)
+    trainer.fit(task, datamodule=data)
+    batches = trainer.num_training_batches
+    assert len(record.lrs) == epochs * batches and batches > 1
+    for epoch, i, lr in record.lrs:
+        assert abs(lr - wong_cyclic_lr(epoch, i, epochs=epochs, batches=batches, lr_max=5e-3)) < 1e-9, (epoch, i)
