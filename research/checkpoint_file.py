@@ -32,6 +32,31 @@ def _why_unreadable(err: Exception) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0][:120] if text else 'unreadable'}"
 
 
+def writer_of(path: str | Path) -> str:
+    """The command that writes the run checkpoint ``path``, as far as the path tells.
+
+    ``python -m research.fit fit --config configs/<experiment>.yaml`` writes
+    ``checkpoints/<experiment>/last.ckpt`` (and ``best-*.ckpt``), so a path under ``checkpoints/``
+    names its config; other paths get the general form.
+    """
+    parts = Path(path).parts
+    if "checkpoints" in parts[:-1]:
+        experiment = "/".join(parts[parts.index("checkpoints") + 1 : -1])
+        if experiment:
+            return f"python -m research.fit fit --config configs/{experiment}.yaml"
+    return "python -m research.fit fit --config CONFIG (it writes checkpoints/<family>/<name>/last.ckpt)"
+
+
+def missing_checkpoint(path: str | Path, what: str = "checkpoint") -> FileNotFoundError:
+    """The error for a checkpoint that is not there: the path, and the command that makes it."""
+    path = Path(path)
+    if path.is_dir():
+        return FileNotFoundError(f"{what} {path} is a folder; give the .ckpt file in it (e.g. {path / 'last.ckpt'})")
+    return FileNotFoundError(
+        f"no {what} at {path}: train it first with {writer_of(path)}, or fix the path"
+    )
+
+
 def load_checkpoint(path: str | Path, *, what: str = "checkpoint", lightning: bool = False,
                     mmap: bool = False) -> dict[str, Any]:
     """The mapping in a checkpoint file (a Lightning checkpoint or a state dict), loaded on the CPU.
@@ -43,13 +68,13 @@ def load_checkpoint(path: str | Path, *, what: str = "checkpoint", lightning: bo
         mmap: memory-map the tensors (cheap for a large file that is only inspected).
 
     Raises:
-        FileNotFoundError: no file at ``path``.
+        FileNotFoundError: no file at ``path`` (the message names the command that writes it).
         UserError: the file is empty, truncated, damaged, not a torch file, holds something other than
             a mapping (a bare tensor), or (with ``lightning``) a mapping without a ``state_dict``.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no {what} at {path}{' (it is a folder)' if path.is_dir() else ''}; check the path")
+        raise missing_checkpoint(path, what)
     if path.stat().st_size == 0:
         raise UserError(f"not a checkpoint: {path} (the file is empty, 0 bytes: was its save interrupted?)")
     zipped = zipfile.is_zipfile(path)

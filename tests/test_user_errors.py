@@ -338,3 +338,28 @@ def test_an_image_that_breaks_while_loading_is_named_from_a_worker(capsys):
     last = printed(capsys, lambda: next(iter(loader)))
     assert "error: cannot read image cut.jpg (" in last and "fix or remove the file" in last
     assert "Original Traceback" not in last
+
+
+# --- a command that needs an earlier run names that run -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command, maker",
+    [
+        (lambda: fit.main(["fit", "--config", str(ROOT / "configs/distill/mnist_resnet18_to_five_layer_cnn.yaml"),
+                           "--model.init_args.teacher_checkpoint", "checkpoints/resnet/mnist_resnet18/last.ckpt"]),
+         "configs/resnet/mnist_resnet18.yaml"),
+        (lambda: fit.main(["fit", "--config", str(ROOT / "configs/mae/fashion_mnist_linprobe.yaml"),
+                           "--data.init_args.root", "DIR",
+                           "--model.init_args.pretrained", "checkpoints/mae/fashion_mnist_pretrain/last.ckpt"]),
+         "configs/mae/fashion_mnist_pretrain.yaml"),
+        (lambda: quantize.main(["--config", str(ROOT / "configs/cnn/mnist_five_layer_cnn.yaml"),
+                                "--checkpoint", "checkpoints/cnn/mnist_five_layer_cnn/last.ckpt"]),
+         "configs/cnn/mnist_five_layer_cnn.yaml"),
+    ],
+    ids=["distillation teacher", "mae probe", "quantize"],
+)
+def test_a_checkpoint_from_an_earlier_run_names_the_command_that_writes_it(command, maker, capsys):
+    """The README's commands that read an earlier run's checkpoint: without it, the line says how to make it."""
+    last = printed(capsys, command)
+    assert f"train it first with python -m research.fit fit --config {maker}" in last

@@ -137,12 +137,7 @@ class ImageClassification(L.LightningModule):
 
     def _load_pretrained(self, path: Path) -> None:
         """Initialise the model from ``path``; a checkpoint that does not fit stops here, before training."""
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"pretrained checkpoint {str(path)!r} not found; run the pre-training first "
-                "(e.g. configs/mae/*_pretrain.yaml writes checkpoints/<experiment>/last.ckpt) or fix the path"
-            )
-        checkpoint = load_checkpoint(path, what="pretrained checkpoint")
+        checkpoint = load_checkpoint(path, what="pretrained checkpoint")  # names the pre-training that writes it
         try:
             layout = import_weights(self.model, checkpoint)
         except ValueError as err:

@@ -124,12 +124,7 @@ class Distillation(ImageClassification):
 
     def _load_teacher(self, path: Path) -> None:
         """Load the teacher's weights; a checkpoint for other classes or another model stops here."""
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"teacher checkpoint {str(path)!r} not found; train the teacher first (e.g. "
-                "configs/resnet/mnist_resnet18.yaml writes checkpoints/resnet/mnist_resnet18/last.ckpt) or fix the path"
-            )
-        checkpoint = load_checkpoint(path, what="teacher checkpoint")
+        checkpoint = load_checkpoint(path, what="teacher checkpoint")  # names the command that trains it
         # A checkpoint of our tasks records the model it holds: name the class count mismatch plainly.
         saved_spec = checkpoint.get("hyper_parameters", {}).get("model") if isinstance(checkpoint, dict) else None
         saved_classes = saved_spec.get("num_classes") if isinstance(saved_spec, dict) else None

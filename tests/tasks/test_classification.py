@@ -110,7 +110,7 @@ def test_pretrained_weights_initialise_the_model(tmp_path):
     task = ImageClassification(TINY, pretrained=str(tmp_path / "source.ckpt"))
     for k, v in source.model.state_dict().items():
         assert torch.equal(task.model.state_dict()[k], v), k
-    with pytest.raises(FileNotFoundError, match="pretrained checkpoint .*nowhere.ckpt' not found"):
+    with pytest.raises(FileNotFoundError, match=r"no pretrained checkpoint at .*nowhere.ckpt: train it first"):
         ImageClassification(TINY, pretrained=str(tmp_path / "nowhere.ckpt"))
     with pytest.raises(ValueError, match="cannot initialise .*resnet32.* from .*source.ckpt"):
         ImageClassification({**TINY, "name": "resnet32"}, pretrained=str(tmp_path / "source.ckpt"))

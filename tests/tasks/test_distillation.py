@@ -107,7 +107,7 @@ def test_teacher_checkpoint_for_other_classes_is_a_clear_error(tmp_path):
 def test_fit_without_teacher_weights_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="needs a trained teacher: set teacher_checkpoint"):
         trainer(fast_dev_run=True).fit(Distillation(STUDENT, teacher=TEACHER), datamodule=synthetic())
-    with pytest.raises(FileNotFoundError, match="teacher checkpoint .* not found"):
+    with pytest.raises(FileNotFoundError, match=r"no teacher checkpoint at .*missing.ckpt: train it first with"):
         Distillation(STUDENT, teacher=TEACHER, teacher_checkpoint=str(tmp_path / "missing.ckpt"))
 
 
