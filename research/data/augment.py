@@ -9,7 +9,8 @@ An augmentation spec is a ``+``-joined list of steps, applied in order:
 - ``rand-...``: a timm RandAugment string such as ``rand-m9-mstd0.5`` (Cubuk et al. 2020).
 
 For example ``crop_flip+rand-m9-mstd0.5``. Crop and flip are vectorised over the batch; RandAugment
-is timm's PIL implementation, run image by image, so it costs far more per sample.
+is timm's PIL implementation, run image by image, so it costs far more per sample. Every step keeps
+each image's height and width, square or not.
 """
 
 from __future__ import annotations
@@ -72,10 +73,12 @@ def random_flip(images: Tensor) -> Tensor:
     return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
 
 
-def _rand_augment(spec: str, *, img_size: int, fill: tuple[float, ...]):
-    # timm's create_transform uses these two hparams: translations scaled to the image (the
-    # default, 250 px, is meant for 224 px images) and the dataset mean as the fill colour.
-    hparams = {"translate_const": int(img_size * 0.45), "img_mean": tuple(round(255 * m) for m in fill)}
+def _rand_augment(spec: str, *, img_size: int | tuple[int, int], fill: tuple[float, ...]):
+    # timm's create_transform uses these two hparams: translations scaled to the image's shorter
+    # side (the default, 250 px, is meant for 224 px images; timm 1.0 transforms_factory takes
+    # min(img_size) for (H, W)) and the dataset mean as the fill colour.
+    side = img_size if isinstance(img_size, int) else min(img_size)
+    hparams = {"translate_const": int(side * 0.45), "img_mean": tuple(round(255 * m) for m in fill)}
     try:
         return rand_augment_transform(spec, hparams)
     except (AssertionError, ValueError) as err:  # timm asserts on a malformed string
@@ -90,12 +93,13 @@ class BatchAugment:
 
     Args:
         spec: the steps, as described in this module's docstring.
-        img_size: image side, to scale RandAugment's translations.
+        img_size: image side or (height, width), to scale RandAugment's translations (by the
+            shorter side); the batches keep their own size.
         fill: per-channel mean in [0, 1], RandAugment's fill colour for pixels moved in from outside.
 
     """
 
-    def __init__(self, spec: str, *, img_size: int, fill: tuple[float, ...]):
+    def __init__(self, spec: str, *, img_size: int | tuple[int, int], fill: tuple[float, ...]):
         self.spec = spec
         self.steps = []
         for step in parse_augment(spec):

@@ -16,7 +16,8 @@ is one indexing operation (:class:`TensorImages`), so the default ``num_workers=
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 from torchvision.transforms.v2.functional import pil_to_tensor, resize
 
 from research.data.augment import BatchAugment, parse_augment
@@ -43,6 +44,33 @@ TEST_SPLIT_SEED = 0
 EMBEDDED_MNIST = Path(__file__).parent / "embedded" / "mnist10k.npz"
 
 
+def image_hw(img_size: int | Sequence[int]) -> tuple[int, int]:
+    """(height, width) of an image size given as one side (a square) or as a (height, width) pair.
+
+    Raises:
+        ValueError: not a positive int or a pair of them.
+    """
+    if isinstance(img_size, Sequence) and not isinstance(img_size, str):
+        sides = tuple(img_size)
+    else:
+        sides = (img_size, img_size)
+    if len(sides) != 2 or not all(_positive_int(side) for side in sides):
+        raise ValueError(
+            f"img_size must be a positive integer (the side of a square) or a [height, width] pair of them, "
+            f"e.g. [32, 48]; got {img_size!r}"
+        )
+    return int(sides[0]), int(sides[1])
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool) and value > 0
+
+
+def size_value(height: int, width: int) -> int | tuple[int, int]:
+    """How an image size is stored and printed: the side of a square, else the (height, width) pair."""
+    return height if height == width else (height, width)
+
+
 def to_float(images: Tensor) -> Tensor:
     """uint8 images (0-255) or float images in [0, 1] -> float32 in [0, 1]."""
     return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
@@ -54,17 +82,19 @@ def luminance(images: Tensor) -> Tensor:
     return grey.round_().to(torch.uint8) if images.dtype == torch.uint8 else grey
 
 
-def convert_images(images: Tensor, *, img_size: int, in_chans: int) -> Tensor:
-    """Resize (N, C, H, W) images to (N, in_chans, img_size, img_size).
+def convert_images(images: Tensor, *, img_size: int | tuple[int, int], in_chans: int) -> Tensor:
+    """Resize (N, C, H, W) images to (N, in_chans, height, width), ``img_size`` a side or (height, width).
 
-    Resizing is bilinear with antialiasing; 3 -> 1 channels takes the :func:`luminance`, 1 -> 3
-    repeats the grey channel (as a broadcast view, so no memory is spent on the copies).
+    Resizing is bilinear with antialiasing (a change of aspect ratio stretches, nothing is cropped);
+    3 -> 1 channels takes the :func:`luminance`, 1 -> 3 repeats the grey channel (as a broadcast
+    view, so no memory is spent on the copies).
     """
+    size = list(image_hw(img_size))
     to_grey = in_chans == 1 and images.shape[1] == 3
-    if to_grey or tuple(images.shape[-2:]) != (img_size, img_size):
+    if to_grey or list(images.shape[-2:]) != size:
         # In chunks: both steps go through float copies, which for a whole split could be large.
         chunks = [luminance(chunk) if to_grey else chunk for chunk in images.split(1024)]
-        images = torch.cat([resize(chunk, [img_size, img_size], antialias=True) for chunk in chunks])
+        images = torch.cat([resize(chunk, size, antialias=True) for chunk in chunks])
     if in_chans == 3 and images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
     return images
@@ -167,17 +197,20 @@ def readable_samples(samples: list[tuple[str, int]], folder: Path, *, skip: bool
 
 
 class ImageFiles(Dataset):
-    """Images read from disk on demand, converted to ``in_chans`` and resized to a square.
+    """Images read from disk on demand, converted to ``in_chans`` and resized to ``img_size``.
 
     Args:
         samples: (path, label) pairs.
-        img_size: side every image is resized to (bilinear) unless it already has that size.
+        img_size: side of the square, or (height, width), every image is resized to (bilinear)
+            unless it already has that size.
         in_chans: 1 (PIL mode "L") or 3 ("RGB").
 
     """
 
-    def __init__(self, samples: Sequence[tuple[str, int]], *, img_size: int, in_chans: int):
-        self.samples, self.img_size, self.mode = list(samples), img_size, "L" if in_chans == 1 else "RGB"
+    def __init__(self, samples: Sequence[tuple[str, int]], *, img_size: int | tuple[int, int], in_chans: int):
+        self.samples, self.mode = list(samples), "L" if in_chans == 1 else "RGB"
+        height, width = image_hw(img_size)
+        self.pil_size = (width, height)  # PIL sizes are (width, height)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -189,8 +222,8 @@ class ImageFiles(Dataset):
                 image = image.convert(self.mode)
         except (OSError, SyntaxError, ValueError) as err:  # what setup's header check cannot see (a truncated JPEG)
             raise UserError(f"cannot read image {path} ({err}); fix or remove the file") from err
-        if image.size != (self.img_size, self.img_size):
-            image = image.resize((self.img_size, self.img_size), Image.Resampling.BILINEAR)
+        if image.size != self.pil_size:
+            image = image.resize(self.pil_size, Image.Resampling.BILINEAR)
         return pil_to_tensor(image), torch.tensor(label)
 
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
@@ -224,15 +257,17 @@ class VisionDataModule(L.LightningDataModule):
     splits the source lacks from its train split, augments training batches only, and builds the
     loaders. These attributes are set at construction, before ``setup``, so that a config can be
     checked against the model early: ``num_classes``, ``class_names``, ``in_chans``, ``img_size``
-    (after conversion), and ``mean``, ``std`` (per channel, after conversion; the task normalises).
+    (after conversion: the side of square images, else their (height, width)), and ``mean``,
+    ``std`` (per channel, after conversion; the task normalises).
     ``setup`` adds ``train_set``, ``val_set`` and ``test_set``.
 
     Args:
         batch_size: images per batch.
         num_workers: DataLoader worker processes; 0 loads in the main process, which is fast for
             the in-memory sets.
-        img_size: resize images to this square side (e.g. 28 -> 32 to feed 28x28 digits to a model
-            built for 32x32); None keeps the source's size.
+        img_size: resize images to this size: a side for squares (e.g. 28 -> 32 to feed 28x28
+            digits to a model built for 32x32) or (height, width), ``[32, 48]`` in YAML and on the
+            command line; None keeps the source's size.
         in_chans: 3 repeats a grey channel, 1 converts RGB to luminance; None keeps the source's.
         augment: training augmentation, see :mod:`research.data.augment` (``none``, ``crop``,
             ``flip``, ``crop_flip``, a timm RandAugment string such as ``rand-m9-mstd0.5``, or
@@ -256,7 +291,7 @@ class VisionDataModule(L.LightningDataModule):
         *,
         batch_size: int = 128,
         num_workers: int = 0,
-        img_size: int | None = None,
+        img_size: int | tuple[int, int] | None = None,
         in_chans: int | None = None,
         augment: str = "none",
         val_fraction: float = 0.1,
@@ -268,11 +303,10 @@ class VisionDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
-        for name, value in (("img_size", img_size), ("in_chans", in_chans)):
-            if value is not None and value < 1:
-                raise ValueError(
-                    f"{name} must be a positive integer or None (keep the source's), got {value}"
-                )
+        if in_chans is not None and in_chans < 1:
+            raise ValueError(f"in_chans must be a positive integer or None (keep the source's), got {in_chans}")
+        if img_size is not None:
+            img_size = size_value(*image_hw(img_size))
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
             raise ValueError(
                 f"val_fraction={val_fraction} and test_fraction={test_fraction} must each lie in (0, 1) "
@@ -291,7 +325,7 @@ class VisionDataModule(L.LightningDataModule):
         self,
         *,
         in_chans: int,
-        img_size: int | None,
+        img_size: int | tuple[int, int] | None,
         class_names: Sequence[str],
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
@@ -300,7 +334,8 @@ class VisionDataModule(L.LightningDataModule):
 
         Args:
             in_chans: channels of the source images.
-            img_size: side of the source images; None if they are not all the same square size.
+            img_size: size of the source images, a side or (height, width); None if they have no
+                one size.
             class_names: one name per label, in label order.
             mean: per-channel mean of the source images (or already of the converted ones); None
                 if the subclass sets ``self.mean`` itself.
@@ -317,11 +352,12 @@ class VisionDataModule(L.LightningDataModule):
         size = self._requested_size or img_size
         if size is None:
             raise ValueError(
-                f"{type(self).__name__}: the images are not one square size; pass img_size=<side> to resize"
+                f"{type(self).__name__}: the images are not all one size; pass img_size=<side> or "
+                "[<height>, <width>] to resize them"
             )
         if len(class_names) < 1:
             raise ValueError(f"{type(self).__name__}: the source has no classes")
-        self.in_chans, self.img_size = target, size
+        self.in_chans, self.img_size = target, size_value(*image_hw(size))
         self.class_names, self.num_classes = tuple(class_names), len(class_names)
         if mean is not None and std is not None:
             self.mean, self.std = convert_stats(mean, std, target)
@@ -462,7 +498,7 @@ class NpzImages(VisionDataModule):
         if class_names is None:
             class_names = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
         _, h, w, c = images.shape
-        self._set_source(in_chans=c, img_size=h if h == w else None, class_names=class_names)
+        self._set_source(in_chans=c, img_size=(h, w), class_names=class_names)
         self._data = self._tensor_split(np.ascontiguousarray(np.moveaxis(images, -1, 1)), labels)
         self.mean, self.std = channel_stats(self._data.images)
 
@@ -546,7 +582,7 @@ class SyntheticImages(VisionDataModule):
     Args:
         num_samples: images in total, before splitting.
         num_classes: number of classes (templates).
-        img_size: image side.
+        img_size: image side, or (height, width).
         in_chans: image channels.
         seed: seed of the templates, the noise and the validation split.
         noise: std of the per-pixel Gaussian noise.
@@ -558,7 +594,7 @@ class SyntheticImages(VisionDataModule):
         self,
         num_samples: int = 256,
         num_classes: int = 10,
-        img_size: int = 32,
+        img_size: int | tuple[int, int] = 32,
         in_chans: int = 3,
         seed: int = 0,
         noise: float = 0.1,
@@ -572,11 +608,10 @@ class SyntheticImages(VisionDataModule):
         )
         g = torch.Generator().manual_seed(seed)
         grids = torch.rand(num_classes, in_chans, 4, 4, generator=g)
-        templates = resize(grids, [img_size, img_size], antialias=False)  # bilinear
+        height, width = image_hw(img_size)
+        templates = resize(grids, [height, width], antialias=False)  # bilinear
         labels = (torch.arange(num_samples) % num_classes)[torch.randperm(num_samples, generator=g)]
-        images = templates[labels] + noise * torch.randn(
-            num_samples, in_chans, img_size, img_size, generator=g
-        )
+        images = templates[labels] + noise * torch.randn(num_samples, in_chans, height, width, generator=g)
         self._data = self._tensor_split((images.clamp(0, 1) * 255).round().to(torch.uint8), labels)
         self.mean, self.std = channel_stats(self._data.images)
 
@@ -584,14 +619,44 @@ class SyntheticImages(VisionDataModule):
         return {"train": self._data}
 
 
+def class_folders(folder: Path) -> list[str]:
+    """The class folders directly under ``folder``, sorted: the classes torchvision's ``find_classes`` finds."""
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+
+
+def image_files(folder: Path) -> Iterator[Path]:
+    """The image files at any depth under ``folder``, in the order of torchvision's ``make_dataset``."""
+    for parent, _, names in sorted(os.walk(folder, followlinks=True)):
+        for name in sorted(names):
+            if has_file_allowed_extension(name, IMG_EXTENSIONS):
+                yield Path(parent) / name
+
+
+def holds_image(folder: Path) -> bool:
+    """Whether ``folder`` holds an image file at any depth; stops at the first (no sorting, for large folders)."""
+    return any(
+        has_file_allowed_extension(name, IMG_EXTENSIONS)
+        for _, _, names in os.walk(folder, followlinks=True)
+        for name in names
+    )
+
+
+def _named(names: Sequence[str]) -> str:
+    """``class folder cow`` or ``class folders cow, dog``, for a message."""
+    return f"class folder{'s' if len(names) > 1 else ''} {', '.join(names)}"
+
+
 class ImageFolderData(VisionDataModule):
     """Images in torchvision's ImageFolder layout, read from disk batch by batch.
 
     ``root/train/<class>/<image>`` is required; ``root/val`` and ``root/test`` in the same layout
-    are optional (carved from train when absent) and must use train's class names. Classes are
+    are optional (carved from train when absent) and must have train's class folders. Classes are
     the train folders, sorted. The first training image sets the defaults: grey images give
-    ``in_chans=1``, all others 3; a square one gives ``img_size``, otherwise ``img_size`` must be
-    passed. Every image is resized to ``img_size`` x ``img_size``.
+    ``in_chans=1``, all others 3; its (height, width) gives ``img_size``. Every image is resized to
+    ``img_size``.
+
+    The layout is checked at construction, before any training starts: every class folder of
+    every split holds an image, and ``val/`` and ``test/`` have exactly train's class folders.
 
     Args:
         root: folder holding ``train/`` and optionally ``val/`` and ``test/``.
@@ -603,9 +668,10 @@ class ImageFolderData(VisionDataModule):
         **kwargs: :class:`VisionDataModule` arguments.
 
     Raises:
-        FileNotFoundError: no ``root/train`` with class folders holding images.
-        ValueError: a ``val``/``test`` class missing from train, non-square images without
-            ``img_size``, or (at setup) an image file that cannot be read.
+        FileNotFoundError: no ``root/train``.
+        UserError: no class folder under ``train/``, a class folder without images (in any split),
+            class folders of ``val/`` or ``test/`` that differ from train's, an unreadable first
+            image, or (at setup) an image file that cannot be read.
 
     """
 
@@ -627,10 +693,22 @@ class ImageFolderData(VisionDataModule):
                 f"no folder {train_dir.resolve()}: ImageFolderData expects root/train/<class>/<image> "
                 "(torchvision ImageFolder layout), with optional root/val and root/test alike"
             )
-        classes, self._class_to_idx = find_classes(train_dir)
-        files = sorted(p for p in (train_dir / classes[0]).rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
-        if not files:
-            raise FileNotFoundError(f"no image ({', '.join(IMG_EXTENSIONS)}) in {train_dir / classes[0]}")
+        classes = class_folders(train_dir)
+        if not classes:
+            raise UserError(
+                f"no class folder under {train_dir}: ImageFolderData expects root/train/<class>/<image>, "
+                "one folder of images per class"
+            )
+        self._class_to_idx = {name: i for i, name in enumerate(classes)}
+        empty = [c for c in classes if not holds_image(train_dir / c)]
+        if empty:
+            raise UserError(
+                f"{_named(empty)} under {train_dir} hold no image ({', '.join(IMG_EXTENSIONS)}); every folder "
+                "under train/ is a class: add images or remove the folder"
+            )
+        for split in ("val", "test"):
+            self._check_split_folders(split, classes)
+        files = list(image_files(train_dir / classes[0]))
         first = files[0]  # sets the defaults below, so it must be readable (the rest are checked at setup)
         why = unreadable_image(first)
         if why is not None and not skip_unreadable:
@@ -640,22 +718,57 @@ class ImageFolderData(VisionDataModule):
             first = next((p for p in files[1:] if unreadable_image(p) is None), None)
             if first is None:
                 raise UserError(f"none of the {len(files)} image files in {train_dir / classes[0]} can be read")
-        empty = [c for c in classes[1:]
-                 if not any(p.suffix.lower() in IMG_EXTENSIONS for p in (train_dir / c).rglob("*"))]
-        if empty:
-            raise UserError(
-                f"class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} under {train_dir} hold no image "
-                f"({', '.join(IMG_EXTENSIONS)}); every folder under train/ is a class: add images or remove the folder"
-            )
         with Image.open(first) as image:
             grey, (w, h) = image.mode in ("1", "L", "LA", "I", "I;16", "F"), image.size
         self._set_source(
             in_chans=1 if grey else 3,
-            img_size=w if w == h else None,
+            img_size=(h, w),
             class_names=classes,
             mean=IMAGENET_MEAN if mean is None else mean,
             std=IMAGENET_STD if std is None else std,
         )
+
+    def _check_split_folders(self, split: str, classes: list[str]) -> None:
+        """``root/<split>``, if there, has exactly the class folders of train/, each with an image.
+
+        Raises:
+            UserError: naming the folder, the class folders in question and what to do.
+        """
+        folder, train_dir = self.root / split, self.root / "train"
+        if not folder.is_dir():
+            return
+        carve = f"or remove {folder} to carve the {'validation' if split == 'val' else 'test'} split from train/"
+        found = class_folders(folder)
+        if not found:
+            raise UserError(
+                f"no class folder under {folder}: it needs train/'s class folders ({', '.join(classes)}) with "
+                f"images, {carve}"
+            )
+        unknown = [c for c in found if c not in self._class_to_idx]
+        missing = [c for c in classes if c not in found]
+        if unknown and missing:
+            raise UserError(
+                f"{folder} has {_named(unknown)} that {train_dir} lacks, and lacks {_named(missing)} that it "
+                f"has: {split}/ must hold train/'s class folders, named alike (case counts); rename, add or remove "
+                f"folders, {carve}"
+            )
+        if unknown:
+            raise UserError(
+                f"{folder} has {_named(unknown)} that {train_dir} lacks (the classes are train/'s folders): add "
+                f"{'it' if len(unknown) == 1 else 'them'} to train/ with images, or rename or remove "
+                f"{'it' if len(unknown) == 1 else 'them'} under {split}/"
+            )
+        if missing:
+            raise UserError(
+                f"{folder} lacks {_named(missing)} that {train_dir} has: add "
+                f"{'it' if len(missing) == 1 else 'them'} with images of the class, {carve}"
+            )
+        empty = [c for c in found if not holds_image(folder / c)]
+        if empty:
+            raise UserError(
+                f"{_named(empty)} under {folder} hold no image ({', '.join(IMG_EXTENSIONS)}): add images of the "
+                f"class, {carve}"
+            )
 
     def _load_splits(self) -> dict[str, Dataset]:
         splits = {}
@@ -663,12 +776,8 @@ class ImageFolderData(VisionDataModule):
             folder = self.root / name
             if not folder.is_dir():
                 continue
-            unknown = set(find_classes(folder)[0]) - set(self._class_to_idx)
-            if unknown:
-                raise ValueError(
-                    f"{folder} has classes {sorted(unknown)} that train/ lacks; add them to train/"
-                )
-            samples = make_dataset(folder, self._class_to_idx, IMG_EXTENSIONS, allow_empty=name != "train")
+            # The layout was checked at construction: every class folder is there and holds an image.
+            samples = make_dataset(folder, self._class_to_idx, IMG_EXTENSIONS, allow_empty=False)
             samples = readable_samples(samples, folder, skip=self.skip_unreadable)
             splits[name] = ImageFiles(samples, img_size=self.img_size, in_chans=self.in_chans)
         return splits

@@ -9,7 +9,7 @@ from torch import nn
 
 import research
 from research.data import EmbeddedMNIST, NpzImages, SyntheticImages, VisionDataModule
-from research.data.vision import EMBEDDED_MNIST, LUMA_WEIGHTS, channel_stats, convert_stats, to_float
+from research.data.vision import EMBEDDED_MNIST, LUMA_WEIGHTS, channel_stats, convert_stats, image_hw, to_float
 
 # Class counts of the embedded digits, as stated in research/data/embedded/README.md.
 EMBEDDED_COUNTS = [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978]
@@ -36,7 +36,7 @@ def all_images(loader) -> torch.Tensor:
 
 def check_batch(dm: VisionDataModule, images: torch.Tensor, labels: torch.Tensor) -> None:
     assert images.dtype == torch.float32 and labels.dtype == torch.int64
-    assert images.shape[1:] == (dm.in_chans, dm.img_size, dm.img_size)
+    assert images.shape[1:] == (dm.in_chans, *image_hw(dm.img_size))
     assert len(images) == len(labels) <= dm.batch_size
     assert 0 <= images.min() and images.max() <= 1
     assert 0 <= labels.min() and labels.max() < dm.num_classes
@@ -50,8 +50,11 @@ def check_batch(dm: VisionDataModule, images: torch.Tensor, labels: torch.Tensor
         lambda tmp: SyntheticImages(batch_size=32, augment="crop"),
         lambda tmp: SyntheticImages(num_samples=100, num_classes=4, img_size=16, in_chans=1, batch_size=16),
         lambda tmp: NpzImages(rgb_npz(tmp), batch_size=16, augment="rand-m9-mstd0.5"),
+        lambda tmp: EmbeddedMNIST(batch_size=64, img_size=(32, 48), in_chans=3, augment="crop_flip"),
+        lambda tmp: SyntheticImages(batch_size=16, img_size=(12, 20), augment="crop_flip+rand-m9-mstd0.5"),
     ],
-    ids=["embedded", "embedded-32-rgb-crop_flip", "synthetic", "synthetic-grey", "npz-rgb-randaugment"],
+    ids=["embedded", "embedded-32-rgb-crop_flip", "synthetic", "synthetic-grey", "npz-rgb-randaugment",
+         "embedded-32x48-crop_flip", "synthetic-12x20-randaugment"],
 )
 def test_batches_are_float_images_in_unit_range(make, tmp_path):
     dm = make(tmp_path)
@@ -212,7 +215,8 @@ GREY, ZEROS = np.zeros((20, 8, 8), np.uint8), np.zeros(20, int)
         (np.full((20, 8, 8), 255.0), ZEROS, {}, r"lie in \[0, 1\]"),
         (np.zeros((20, 8, 8), np.int32), ZEROS, {}, "expected uint8"),
         (np.zeros((20, 8), np.uint8), ZEROS, {}, r"expected \(N, H, W\)"),
-        (np.zeros((20, 8, 6), np.uint8), ZEROS, {}, "pass img_size"),
+        (GREY, ZEROS, {"img_size": (8, 0)}, r"img_size must be a positive integer .* \[height, width\]"),
+        (GREY, ZEROS, {"img_size": (8, 8, 8)}, r"img_size must be .* e.g. \[32, 48\]; got \(8, 8, 8\)"),
         (GREY, ZEROS, {"in_chans": 2}, "cannot convert 1-channel images to in_chans=2"),
     ],
 )
@@ -227,10 +231,13 @@ def test_npz_missing_file(tmp_path):
         NpzImages(tmp_path / "absent.npz")
 
 
-def test_non_square_npz_works_with_img_size(tmp_path):
-    dm = NpzImages(write_npz(tmp_path / "r.npz", np.zeros((20, 8, 6), np.uint8), ZEROS), img_size=7)
-    dm.setup()
-    assert first_batch(dm.test_dataloader())[0].shape[1:] == (1, 7, 7)
+def test_non_square_npz_keeps_its_size_or_takes_img_size(tmp_path):
+    path = write_npz(tmp_path / "r.npz", np.zeros((20, 8, 6), np.uint8), ZEROS)
+    for img_size, shape in ((None, (8, 6)), (7, (7, 7)), ((6, 10), (6, 10))):
+        dm = NpzImages(path, img_size=img_size)
+        assert dm.img_size == (shape[0] if shape[0] == shape[1] else shape)
+        dm.setup()
+        assert first_batch(dm.test_dataloader())[0].shape[1:] == (1, *shape)
 
 
 @pytest.mark.parametrize(
