@@ -33,3 +33,24 @@ def test_a_first_run_and_its_resume_print_no_noise(tmp_path):
         assert done.returncode == 0, text[-3000:]
         assert [noise for noise in NOISE if noise in text] == [], text
     assert "Trainable params" in text  # the summary is still there, without its FLOPs
+
+
+def test_attack_and_quantize_print_no_warning(tmp_path):
+    """The commands that read a run: their stderr holds progress lines only, no warning of any kind."""
+    env = {key: value for key, value in os.environ.items() if "WANDB" not in key}
+    env |= {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    config = str(ROOT / "configs/cnn/mnist_five_layer_cnn.yaml")
+    ckpt = "checkpoints/cnn/mnist_five_layer_cnn/last.ckpt"
+    commands = [
+        ["research.fit", "fit", "--config", config, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+         "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", "--trainer.logger", "false"],
+        ["research.attack", "--config", config, "--ckpt_path", ckpt, "--num_samples", "8", "--steps", "2"],
+        ["research.quantize", "--config", config, "--checkpoint", ckpt, "--repeats", "1", "--calibration-batches", "1"],
+    ]
+    for command in commands:
+        done = subprocess.run([sys.executable, "-m", *command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        if command[0] != "research.fit":  # fit's own output is the test above's
+            assert [line for line in done.stderr.splitlines() if "warn" in line.lower()] == [], done.stderr
+            assert [noise for noise in NOISE if noise in done.stdout + done.stderr] == []
