@@ -225,7 +225,7 @@ def test_an_empty_class_folder_that_is_not_the_first_is_named(capsys):
         Path(f"images/train/{name}").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save("images/train/cat/0.png")
     last = printed(capsys, lambda: ImageFolderData("images"))
-    assert "class folder dog under images/train hold no image" in last
+    assert "class folder dog under images/train holds no image" in last
 
 
 def test_a_corpus_that_is_not_utf8_is_named_before_training(capsys):

@@ -703,7 +703,7 @@ class ImageFolderData(VisionDataModule):
         empty = [c for c in classes if not holds_image(train_dir / c)]
         if empty:
             raise UserError(
-                f"{_named(empty)} under {train_dir} hold no image ({', '.join(IMG_EXTENSIONS)}); every folder "
+                f"{_named(empty)} under {train_dir} {'hold' if len(empty) > 1 else 'holds'} no image ({', '.join(IMG_EXTENSIONS)}); every folder "
                 "under train/ is a class: add images or remove the folder"
             )
         for split in ("val", "test"):
@@ -766,7 +766,7 @@ class ImageFolderData(VisionDataModule):
         empty = [c for c in found if not holds_image(folder / c)]
         if empty:
             raise UserError(
-                f"{_named(empty)} under {folder} hold no image ({', '.join(IMG_EXTENSIONS)}): add images of the "
+                f"{_named(empty)} under {folder} {'hold' if len(empty) > 1 else 'holds'} no image ({', '.join(IMG_EXTENSIONS)}): add images of the "
                 f"class, {carve}"
             )
 

@@ -79,7 +79,7 @@ def test_an_empty_class_folder_in_any_split_is_named(split, empty, capsys):
     tree(splits)
     Path(f"images/{split}/{empty}/notes.txt").write_text("not an image")  # a file that is not an image
     last = printed(capsys, lambda: ImageFolderData("images"))
-    assert f"class folder {empty} under images/{split} hold no image ({EXTENSIONS})" in last
+    assert f"class folder {empty} under images/{split} holds no image ({EXTENSIONS})" in last
     if split == "train":
         assert "every folder under train/ is a class: add images or remove the folder" in last
     else:
@@ -96,7 +96,7 @@ def test_several_empty_class_folders_are_named_together(capsys):
 def test_an_empty_first_class_folder_is_named_like_the_others(capsys):
     tree({"train": {"cat": 0, "cow": 4, "dog": 4}})
     last = printed(capsys, lambda: ImageFolderData("images"))
-    assert "class folder cat under images/train hold no image" in last
+    assert "class folder cat under images/train holds no image" in last
 
 
 @pytest.mark.parametrize("split", ["val", "test"])
@@ -133,7 +133,7 @@ def test_a_split_without_class_folders_is_named(split, capsys):
 
 
 @pytest.mark.parametrize(("layout", "said"), [
-    ({"train": FULL, "test": {"cat": 1, "cow": 0, "dog": 1}}, "class folder cow under images/test hold no image"),
+    ({"train": FULL, "test": {"cat": 1, "cow": 0, "dog": 1}}, "class folder cow under images/test holds no image"),
     ({"train": FULL, "val": {"cat": 1, "dog": 1}}, "images/val lacks class folder cow that images/train has"),
 ], ids=["empty-test-class", "class-missing-from-val"])
 def test_a_layout_mistake_stops_fit_before_the_trainer_starts(layout, said, capsys):
