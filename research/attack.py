@@ -503,7 +503,7 @@ class AttackProgress:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
-                                TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+                                TimeElapsedColumn(), TextColumn("elapsed,"), TimeRemainingColumn(), TextColumn("left"),
                                 console=Console(file=sys.stderr), transient=True)
             self.bar.start()
         self.started = time.monotonic()
@@ -560,7 +560,9 @@ def _percent(correct: int, total: int) -> str:
 
 
 def _duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
+    if seconds < 10:
+        return f"{max(0.0, seconds):.1f} s"
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds} s"
     minutes, seconds = divmod(seconds, 60)
@@ -784,7 +786,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         from research.attack_plot import log_to_wandb
 
         where = log_to_wandb(report, image=plot, name=f"attack-{Path(args.ckpt_path).parent.name}", title=header)
-        print(f"wandb: {where}")
+        print(f"logged to wandb: {where}")
     return rows
 
 

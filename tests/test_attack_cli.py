@@ -1,14 +1,20 @@
 """``python -m research.attack``: a trained checkpoint's clean and robust accuracy per attack and eps."""
 
+import io
 import json
+import math
 import os
+import re
 import sys
 from unittest import mock
 
 import pytest
 import torch
+from PIL import Image
 
-from research.attack import main, markdown
+import research.attack
+from research.attack import ATTACKS, AttackSettings, main, markdown, register_attack, robust_accuracy
+from research.errors import UserError
 from research.fit import main as fit
 
 CONFIG = """
@@ -55,14 +61,14 @@ def trained(tmp_path_factory, _one_thread):
     return str(config), str(folder / "checkpoints" / "tiny" / "last.ckpt")
 
 
-def attack(trained, *args):
+def attack(trained, *args, sanity=False):
     config, ckpt = trained
-    return main(["--config", config, "--ckpt_path", ckpt, "--steps", "5", *args])
+    return main(["--config", config, "--ckpt_path", ckpt, "--steps", "5", *args, *([] if sanity else ["--no_sanity"])])
 
 
 def test_prints_and_writes_clean_and_robust_accuracy_per_attack_and_eps(trained, tmp_path, capsys):
     out = tmp_path / "report" / "robust.json"
-    rows = attack(trained, "--eps", "0", "0.05", "0.3", "--json", str(out))
+    rows = attack(trained, "--eps", "0", "0.05", "0.3", "--json", str(out), sanity=True)
     by = {(r["attack"], r["eps"]): r["accuracy"] for r in rows}
     clean = by[("none", 0.0)]
     assert clean > 0.9 and rows[0]["total"] == 26  # the whole test split (10% of 256)
@@ -77,6 +83,17 @@ def test_prints_and_writes_clean_and_robust_accuracy_per_attack_and_eps(trained,
     assert "| pgd | linf | 0.3 | 5 | 0.15 | 1 |" in printed
     report = json.loads(out.read_text())
     assert report["rows"] == rows and report["split"] == "test"
+    # Each accuracy with its 95% interval, in the table and the JSON.
+    assert all(r["ci_low"] <= r["accuracy"] <= r["ci_high"] for r in rows)
+    assert rows[0]["ci_high"] == 1.0 if clean == 1 else rows[0]["ci_high"] > clean
+    # The sanity panel ran on the same 26 examples (fewer than its 100) at the largest eps, and passed.
+    assert "Sanity panel (gradient masking), 26 of those examples" in printed
+    assert [c["check"] for c in report["sanity"]] == [
+        "more steps do not raise accuracy", "more restarts do not raise accuracy",
+        "accuracy reaches 0% at L-inf eps 0.5", "iterative at least as strong as one step"]
+    assert all(c["passed"] and c["total"] == 26 for c in report["sanity"]), report["sanity"]
+    assert "| more steps do not raise accuracy | PGD-10 / 40 / 100 at linf eps 0.3 |" in printed
+    assert "WARN" not in printed
 
 
 def test_same_seed_same_numbers_and_a_subset_of_the_split(trained):
@@ -126,3 +143,88 @@ def test_robust_never_exceeds_clean_even_where_the_attack_fixes_a_mistake(monkey
     rows = research.attack.robust_accuracy(Brightness(), [(x, y)], attacks=["pgd"], eps=[0.3], steps=3)
     assert Brightness()(x + 0.1).argmax(-1).eq(0).all()
     assert rows[0]["accuracy"] == 0 and rows[1]["accuracy"] == 0
+
+
+def test_the_issues_example_an_attack_that_fixes_a_mistake_counts_nothing():
+    """Issue 14: f(x) = [sin(4 pi (mean(x) - 0.1875)), 0] on a 4x4 grey image of 0.5s, label 0, eps 0.3, one PGD
+    step of 0.3: the model is wrong clean, both real attacks move it to class 0, and 0/0/0 is the right count."""
+
+    class Sine(torch.nn.Module):
+        def forward(self, x):
+            score = torch.sin(4 * math.pi * (x.mean((1, 2, 3)) - 0.1875))
+            return torch.stack([score, torch.zeros_like(score)], -1)
+
+    x, y = torch.full((1, 1, 4, 4), 0.5), torch.zeros(1, dtype=torch.long)
+    assert Sine()(x).argmax(-1).item() == 1
+    assert Sine()(research.attack.fgsm(Sine(), x, y, eps=0.3)).argmax(-1).item() == 0  # the attack "fixes" it
+    rows = robust_accuracy(Sine(), [(x, y)], attacks=["fgsm", "pgd"], eps=[0.3], steps=1, step_size=0.3)
+    assert [r["correct"] for r in rows] == [0, 0, 0]
+
+
+def test_progress_is_one_plain_line_per_setting_when_stderr_is_not_a_terminal(trained, capsys):
+    rows = attack(trained, "--eps", "0.1", "0.3", "--attack", "fgsm", "pgd")
+    err = capsys.readouterr().err
+    assert "\x1b[" not in err  # no terminal control codes in a log
+    lines = [line for line in err.splitlines() if line.startswith(("attacks:", "["))]
+    assert re.fullmatch(r"attacks: clean 100\.00% \(26/26\) in \d+\.\d s; 4 settings to run on 26 images", lines[0])
+    labels = ["fgsm linf eps 0.1", "fgsm linf eps 0.3", "pgd linf eps 0.1, 5 steps", "pgd linf eps 0.3, 5 steps"]
+    assert len(lines) == 5
+    for i, (line, label, row) in enumerate(zip(lines[1:], labels, rows[1:])):
+        start = f"[{i + 1}/4] {label}: {100 * row['accuracy']:.2f}% ({row['correct']}/26) in "
+        assert line.startswith(start), (line, start)
+        assert ("left" in line) == (i < 3)  # the time left, after all but the last
+
+
+def test_progress_bar_in_a_terminal(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    batches = [(torch.rand(4, 1, 4, 4), torch.randint(0, 3, (4,))) for _ in range(3)]
+    rows = robust_accuracy(model, batches, attacks=["pgd"], eps=[0.1], steps=2, progress=True)
+    shown = sys.stderr.getvalue()
+    assert "\x1b[" in shown  # rich drew a live bar
+    assert "images" in shown and "elapsed" in shown and "left" in shown and "settings" in shown
+    assert f"[1/1] pgd linf eps 0.1, 2 steps: {100 * rows[1]['accuracy']:.2f}%" in shown
+
+
+def test_plot_beside_the_json_and_wandb(trained, tmp_path, capsys):
+    out = tmp_path / "robust.json"
+    attack(trained, "--eps", "0.05", "0.3", "--json", str(out), "--plot", "--wandb")
+    png = tmp_path / "robust.png"
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.width > 300 and image.height > 200
+    printed = capsys.readouterr().out
+    assert f"plot: {png}" in printed
+    assert "logged to wandb: not logged (WANDB_MODE=disabled)" in printed  # the tests' wandb is off
+
+
+def test_a_missing_matplotlib_is_one_clear_error_before_any_work(trained, monkeypatch, tmp_path):
+    config, _ = trained
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    # Raised before the checkpoint is even looked for: not after the attacks have run.
+    with pytest.raises(UserError, match=r"matplotlib is not installed: pip install matplotlib"):
+        main(["--config", config, "--ckpt_path", str(tmp_path / "missing.ckpt"), "--plot", str(tmp_path / "a.png")])
+
+
+def test_an_attack_added_to_the_registry_runs_with_no_other_change(trained, monkeypatch, capsys):
+    monkeypatch.setattr(research.attack, "ATTACKS", dict(ATTACKS))
+
+    @register_attack("corners", cost=lambda s: 0)
+    def corners(model, x, y, eps, norm, settings):
+        """A random corner of the L-inf ball: a weak attack that needs no gradient."""
+        return (x + eps * torch.randn_like(x).sign()).clamp(0, 1)
+
+    rows = attack(trained, "--eps", "0.3", "--attack", "corners", "pgd")
+    assert [r["attack"] for r in rows] == ["none", "corners", "pgd"]
+    assert rows[1]["steps"] == 5 and rows[1]["step_size"] is None  # the default description: steps and restarts
+    assert rows[1]["accuracy"] >= rows[2]["accuracy"]
+    printed = capsys.readouterr()
+    assert "| corners | linf | 0.3 | 5 |  | 1 |" in printed.out and "corners linf eps 0.3, 5 steps: " in printed.err
+    with pytest.raises(ValueError, match="attack 'corners' registered twice"):
+        register_attack("corners")(corners)
+    with pytest.raises(ValueError, match="unknown attack 'pdg'; did you mean 'pgd'"):
+        robust_accuracy(torch.nn.Flatten(), [], attacks=["pdg"], eps=[0.1])
+    assert AttackSettings().steps == 40 and set(ATTACKS) >= {"fgsm", "pgd"}
