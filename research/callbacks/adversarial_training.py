@@ -618,9 +618,9 @@ class AdversarialTraining(Callback):
             out = step(batch, *args, **kwargs)
         finally:
             seen.close()
-        loss = out["loss"] if isinstance(out, dict) else out
-        if loss is None:  # the task skipped this batch
+        if out is None:  # the task skipped this batch
             return out
+        loss = out.get("loss") if isinstance(out, dict) else out
         if not isinstance(loss, Tensor):
             raise ValueError(
                 f"{OWNER}: attack={self.attack!r} needs a training_step that returns its loss (a tensor, or a dict "

@@ -1,10 +1,11 @@
-"""A few steps of PGD adversarial training under DDP on CPU (2 processes, gloo); run by test_ddp.py.
+"""A few steps of PGD (or TRADES) adversarial training under DDP on CPU (2 processes, gloo); run by test_ddp.py.
 
-    python tests/callbacks/ddp_adversarial_run.py OUT_DIR
+    python tests/callbacks/ddp_adversarial_run.py OUT_DIR [pgd|trades]
 
 Lightning's "ddp" strategy starts rank 1 by re-running this very command, so it must be a script
 of its own (re-running pytest would run the whole test session again). Each rank writes
-``OUT_DIR/rank<r>.pt``: its final weights, and the clean and attacked images of every step.
+``OUT_DIR/rank<r>.pt``: its final weights, the clean and attacked images of every step, and the
+metrics it logged.
 """
 
 import sys
@@ -17,13 +18,13 @@ from attack_setup import AttackWindow, synthetic, tiny_task, trainer
 from research.callbacks import AdversarialExamples, AdversarialTraining, RobustEvaluation
 
 
-def main(out: Path) -> None:
+def main(out: Path, attack: str = "pgd") -> None:
     L.seed_everything(0)
     task = tiny_task()
     probe = AttackWindow(task)
     callbacks = [
         probe.opening,
-        AdversarialTraining(eps=0.1, steps=2),
+        AdversarialTraining(attack=attack, eps=0.1, steps=2),
         probe.closing,
         RobustEvaluation(eps=0.1, num_samples=8, pgd_steps=2),  # sums counts over ranks: must not hang
         AdversarialExamples(eps=0.1, steps=2, num_examples=2, dirpath=out),  # rank 0 alone attacks
@@ -38,10 +39,12 @@ def main(out: Path) -> None:
             "clean": [x for x, _ in probe.clean],
             "attacked": [x for x, _ in probe.attacked],
             "robust_acc_pgd": t.callback_metrics["val/robust_acc_pgd"].item(),
+            "metrics": {k: v.item() for k, v in t.callback_metrics.items() if k.startswith("train/")},
+            "replaced_after_fit": "training_step" in vars(task),
         },
         out / f"rank{t.global_rank}.pt",
     )
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *sys.argv[2:])

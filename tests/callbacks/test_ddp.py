@@ -5,13 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 SCRIPT = Path(__file__).with_name("ddp_adversarial_run.py")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_pgd_training_under_ddp(tmp_path):
+def run_ddp(tmp_path, attack: str) -> list[dict]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(SCRIPT.parent), os.environ.get("PYTHONPATH", "")]),
@@ -19,11 +20,15 @@ def test_pgd_training_under_ddp(tmp_path):
         "WANDB_MODE": "disabled",
     }
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path)], env=env, cwd=tmp_path, capture_output=True, text=True,
+        [sys.executable, str(SCRIPT), str(tmp_path), attack], env=env, cwd=tmp_path, capture_output=True, text=True,
         timeout=120,  # a hang (one rank waiting in a collective forever) fails here
     )
     assert done.returncode == 0, done.stderr[-3000:]  # e.g. DDP's unused-parameter or reducer errors
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def test_pgd_training_under_ddp(tmp_path):
+    ranks = run_ddp(tmp_path, "pgd")
     for name, value in ranks[0]["weights"].items():
         assert torch.equal(value, ranks[1]["weights"][name]), name  # the ranks end identical
     assert len(ranks[0]["attacked"]) == len(ranks[1]["attacked"]) == 3
@@ -36,3 +41,21 @@ def test_pgd_training_under_ddp(tmp_path):
             assert 0 < delta.abs().max() <= 0.1 + 1e-6
     assert ranks[0]["robust_acc_pgd"] == ranks[1]["robust_acc_pgd"]  # counts summed over ranks
     assert list((tmp_path / "adversarial_examples").glob("val_epoch=*.png"))
+
+
+def test_trades_training_under_ddp(tmp_path):
+    """The wrapped training_step (task loss + beta * KL, one graph) under DDP: the ranks stay in step."""
+    ranks = run_ddp(tmp_path, "trades")
+    for name, value in ranks[0]["weights"].items():
+        assert torch.equal(value, ranks[1]["weights"][name]), name
+    for step in range(3):
+        assert not torch.equal(ranks[0]["clean"][step], ranks[1]["clean"][step])  # each rank its own shard
+        for rank in ranks:
+            assert torch.equal(rank["attacked"][step], rank["clean"][step])  # TRADES trains on the clean batch
+    for rank in ranks:
+        metrics = rank["metrics"]
+        assert metrics["train/trades_kl"] > 0  # the adversarial view was made and used
+        assert metrics["train/trades_loss"] == pytest.approx(metrics["train/loss"] + 6.0 * metrics["train/trades_kl"],
+                                                             rel=1e-5)
+        assert not rank["replaced_after_fit"]
+    assert ranks[0]["metrics"]["train/trades_kl"] != ranks[1]["metrics"]["train/trades_kl"]  # per-rank values
