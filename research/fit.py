@@ -25,7 +25,7 @@ import netrc
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jsonargparse
 import lightning as L
@@ -202,6 +202,20 @@ class ResearchCLI(LightningCLI):
             default=None,
             help="run name for checkpoints/<experiment>/ and the loggers; default: the config's <family>/<name>",
         )
+        parser.add_argument(
+            "--monitor",
+            type=str | None,
+            default=None,
+            help="the logged metric that picks the best checkpoint, e.g. val/robust_acc (robust model selection, "
+            "Rice et al. 2020); default: the task's (val/acc for classification)",
+        )
+        parser.add_argument(
+            "--monitor_mode",
+            type=Literal["min", "max"] | None,
+            default=None,
+            help="whether --monitor is best when largest (max) or smallest (min); default: max for accuracies and "
+            "BLEU, min for losses",
+        )
 
     def after_fit(self) -> None:
         """Test the best checkpoint at the end of ``fit`` when the datamodule has a test split."""
@@ -230,6 +244,31 @@ class ResearchCLI(LightningCLI):
             parts = path.parts
             return "/".join(parts[parts.index("configs") + 1 :]) if "configs" in parts else path.name
         return f"{type(self.model).__name__}-{type(self.datamodule).__name__}".lower()
+
+    def checkpoint_monitor(self, callbacks: list[Callback]) -> tuple[str | None, str]:
+        """The metric and mode of the best checkpoint: ``--monitor`` (``--monitor_mode``), else the task's.
+
+        Raises:
+            UserError: a monitor whose mode cannot be told from its name, or a robust accuracy
+                without the RobustEvaluation callback that logs it (caught before the first step).
+        """
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        monitor, mode = config.get("monitor"), config.get("monitor_mode")
+        if not monitor:
+            return getattr(self.model, "checkpoint_monitor", (None, "min"))
+        if mode is None:
+            name = monitor.rsplit("/", 1)[-1]
+            mode = "max" if "acc" in name or "bleu" in name else "min" if "loss" in name else None
+            if mode is None:
+                raise UserError(
+                    f"--monitor {monitor}: is it best when largest or smallest? add --monitor_mode max (or min)"
+                )
+        if "robust_acc" in monitor and not any(type(c).__name__ == "RobustEvaluation" for c in callbacks):
+            raise UserError(
+                f"--monitor {monitor} is logged by the RobustEvaluation callback, which this config does not have: "
+                "add research.callbacks.RobustEvaluation to trainer.callbacks, or monitor another metric"
+            )
+        return monitor, mode
 
     def checkpoint_folder(self) -> Path:
         """checkpoints/<experiment>/, or the folder of a ModelCheckpoint that the config sets."""
@@ -293,7 +332,7 @@ class ResearchCLI(LightningCLI):
         loggers = default_loggers(experiment, resume) if trainer_config.get("logger") in (None, True) else None
         logging = trainer_config.get("logger") is not False
         given = list(trainer_config.get("callbacks") or [])
-        monitor, mode = getattr(self.model, "checkpoint_monitor", (None, "min"))
+        monitor, mode = self.checkpoint_monitor(given)
         callbacks = [c for c in default_callbacks(experiment, monitor, mode, logging) if not covered(c, given)]
         if trainer_config.get("enable_progress_bar") is False:
             callbacks = [c for c in callbacks if not c["class_path"].endswith("ProgressBar")]

@@ -147,3 +147,43 @@ def test_resume_continues_the_same_wandb_run_and_csv_version(tmp_path, monkeypat
     with open(tmp_path / f"logs/csv/logged/version_{csv_version}/metrics.csv", newline="") as file:
         steps = sorted({int(float(row["step"])) for row in csv.DictReader(file) if row["train/loss"]})
     assert steps[0] < step < steps[-1]  # the first run's rows are kept, the resumed run's appended
+
+
+class RecordRobust(L.Callback):
+    def __init__(self):
+        self.scores = []
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.scores.append(trainer.callback_metrics["val/robust_acc"].item())
+
+
+def test_monitor_selects_the_best_checkpoint_on_robust_accuracy(tmp_path):
+    """Robust model selection (Rice et al. 2020) is one config line: --monitor val/robust_acc."""
+    callback = '{"class_path": "research.callbacks.RobustEvaluation", "init_args": {"eps": 0.02, "num_samples": 16, ' \
+               '"pgd_steps": 2}}'
+    cli = fit(["--trainer.max_epochs", "4", "--trainer.callbacks+", callback, "--monitor", "val/robust_acc"], tmp_path,
+              run=False)
+    record = RecordRobust()
+    cli.trainer.callbacks.insert(0, record)  # before ModelCheckpoint, which saves at the end of validation
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    checkpoint = cli.trainer.checkpoint_callback
+    assert (checkpoint.monitor, checkpoint.mode) == ("val/robust_acc", "max")
+    assert len(set(record.scores)) > 1, record.scores  # the epochs differ, so the choice means something
+    best_epoch = record.scores.index(max(record.scores))
+    assert f"epoch={best_epoch}-" in checkpoint.best_model_path and checkpoint.best_model_score == max(record.scores)
+
+
+@pytest.mark.parametrize(
+    "extra, said",
+    [
+        (["--monitor", "val/robust_acc"], "--monitor val/robust_acc is logged by the RobustEvaluation callback"),
+        (["--monitor", "val/top5"], "--monitor val/top5: is it best when largest or smallest? add --monitor_mode"),
+    ],
+)
+def test_a_monitor_that_cannot_work_stops_before_training(extra, said, tmp_path):
+    from research.errors import UserError
+
+    with pytest.raises(UserError, match=said.replace("?", r"\?")):
+        fit(["--trainer.max_epochs", "1", *extra], tmp_path)
+    assert not (tmp_path / "checkpoints").exists()

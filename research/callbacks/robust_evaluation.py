@@ -1,4 +1,4 @@
-"""Accuracy under FGSM and PGD-k on a fixed subset, at the end of every validation and test epoch."""
+"""Accuracy under FGSM, PGD-k and (optionally) APGD or AutoAttack on a fixed subset, every validation and test epoch."""
 
 from __future__ import annotations
 
@@ -9,40 +9,58 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from research.attacks import fgsm, pgd
+from research.attacks import apgd, autoattack, fgsm, pgd
 from research.callbacks._batch import FixedSubset
 
 OWNER = "RobustEvaluation"
 Stage = Literal["val", "test"]
+AttackName = Literal["pgd", "apgd", "autoattack"]
 
 
 class RobustEvaluation(Callback):
-    """Log ``{val,test}/robust_acc_fgsm``, ``{val,test}/robust_acc_pgd`` and ``{val,test}/subset_clean_acc``.
+    """Log ``{val,test}/robust_acc`` and its parts on a fixed subset, at the end of validation and test epochs.
+
+    Logged, as fractions of the subset:
+
+    * ``subset_clean_acc``: clean accuracy on the subset's very images;
+    * ``robust_acc_fgsm`` (L-inf only), ``robust_acc_pgd``: under FGSM and PGD-k;
+    * ``robust_acc_apgd`` or ``robust_acc_autoattack`` with ``attack="apgd"`` (APGD-CE, Croce and
+      Hein 2020) or ``attack="autoattack"`` (the standard ensemble, :func:`research.attacks.autoattack`);
+    * ``robust_acc``: the worst case per example over every attack run, the figure to report and to
+      select checkpoints on (``--monitor val/robust_acc``, Rice et al. 2020). Each single-attack
+      figure is an upper bound on it.
+
+    An example counts as robust only if it is correct clean and under the attack (an attacker may
+    always submit the clean image, which lies in every ball), as AutoAttack and ``research.attack``
+    count; so no robust accuracy exceeds ``subset_clean_acc``.
 
     The subset: ``num_samples`` examples drawn at random (seeded,
     :class:`~research.callbacks._batch.FixedSubset`) from the first validation (test) epoch,
-    the sanity check not counted, then kept, so every epoch attacks the same images;
-    ``subset_clean_acc`` is the clean accuracy on those very images.
+    the sanity check not counted, then kept, so every epoch attacks the same images.
     Under DDP each rank draws ``ceil(num_samples / world_size)`` examples of its own shard and
     the counts are summed over ranks before logging.
 
-    The attacks run on the LightningModule in eval mode (:func:`research.attacks.pgd`: running
-    statistics untouched) under the precision plugin's validation (test) autocast. Lightning
-    runs evaluation under ``torch.inference_mode`` by default; the attacks leave it (the kept
-    images are cloned outside it and :func:`~research.attacks.pgd` switches inference mode off
-    and gradients on), so the default ``Trainer(inference_mode=True)`` works. A model that made
-    a tensor inside inference mode (a cache filled by its first forward in ``trainer.validate``,
-    say) cannot be differentiated through: the run then stops with a message asking for
-    ``trainer.inference_mode: false``.
+    The attacks run on the LightningModule in eval mode (running statistics untouched) under the
+    precision plugin's validation (test) autocast. Lightning runs evaluation under
+    ``torch.inference_mode`` by default; the attacks leave it (the kept images are cloned outside
+    it and the attacks switch inference mode off and gradients on), so the default
+    ``Trainer(inference_mode=True)`` works. A model that made a tensor inside inference mode (a
+    cache filled by its first forward in ``trainer.validate``, say) cannot be differentiated
+    through: the run then stops with a message asking for ``trainer.inference_mode: false``.
 
     Args:
         eps: radius of the threat model, pixel units.
         num_samples: size of the fixed subset.
+        attack: the strongest attack to run besides FGSM and PGD: ``"pgd"`` (none), ``"apgd"``
+            (APGD-CE, ``apgd_steps`` iterations) or ``"autoattack"`` (the standard ensemble:
+            about 400 APGD/FAB steps and 5,000 queries per still-robust example, so use a small
+            ``num_samples`` or ``every_n_epochs`` > 1 during training).
         pgd_steps: PGD iterations.
         pgd_step_size: PGD step; default 2.5 * eps / pgd_steps (the robustness library's rule of thumb).
-        norm: threat model of PGD, "linf" or "l2". FGSM is L-inf by definition and is only run
-            (and logged) with "linf".
-        restarts: random restarts of PGD; each example keeps its worst case.
+        apgd_steps: APGD iterations (100 in AutoAttack).
+        norm: threat model, "linf" or "l2". FGSM is L-inf by definition and is only run (and
+            logged) with "linf".
+        restarts: random restarts of PGD; an example is robust only if no restart fools it.
         batch_size: examples per attack batch.
         every_n_epochs: attack at the end of every n-th validation epoch (tests always).
 
@@ -56,8 +74,10 @@ class RobustEvaluation(Callback):
         *,
         eps: float,
         num_samples: int = 1000,
+        attack: AttackName = "pgd",
         pgd_steps: int = 10,
         pgd_step_size: float | None = None,
+        apgd_steps: int = 100,
         norm: Literal["linf", "l2"] = "linf",
         restarts: int = 1,
         batch_size: int = 256,
@@ -67,9 +87,12 @@ class RobustEvaluation(Callback):
             raise ValueError(f"{OWNER}: eps must be > 0 (pixel units, images in [0, 1]), got {eps}")
         if norm not in ("linf", "l2"):
             raise ValueError(f"{OWNER}: unknown norm {norm!r}; choose 'linf' or 'l2'")
+        if attack not in ("pgd", "apgd", "autoattack"):
+            raise ValueError(f"{OWNER}: unknown attack {attack!r}; choose 'pgd', 'apgd' or 'autoattack'")
         for name, value in (
             ("num_samples", num_samples),
             ("pgd_steps", pgd_steps),
+            ("apgd_steps", apgd_steps),
             ("restarts", restarts),
             ("batch_size", batch_size),
             ("every_n_epochs", every_n_epochs),
@@ -78,11 +101,16 @@ class RobustEvaluation(Callback):
                 raise ValueError(f"{OWNER}: {name} must be >= 1, got {value}")
         if pgd_step_size is not None and not pgd_step_size > 0:
             raise ValueError(f"{OWNER}: pgd_step_size must be > 0, got {pgd_step_size}")
-        self.eps, self.norm, self.restarts = eps, norm, restarts
+        self.eps, self.norm, self.restarts, self.attack = eps, norm, restarts, attack
         self.num_samples, self.batch_size, self.every_n_epochs = num_samples, batch_size, every_n_epochs
-        self.pgd_steps = pgd_steps
+        self.pgd_steps, self.apgd_steps = pgd_steps, apgd_steps
         self.pgd_step_size = 2.5 * eps / pgd_steps if pgd_step_size is None else pgd_step_size
         self._subsets: dict[Stage, FixedSubset] = {}
+
+    @property
+    def names(self) -> list[str]:
+        """The attacks run, in order: each is logged as ``robust_acc_<name>``."""
+        return (["fgsm"] if self.norm == "linf" else []) + ["pgd"] + ([self.attack] if self.attack != "pgd" else [])
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         per_rank = -(-self.num_samples // trainer.world_size)
@@ -122,35 +150,29 @@ class RobustEvaluation(Callback):
         images, labels = self._subsets[stage].tensors()
         images, labels = images.to(pl_module.device), labels.to(pl_module.device)
         plugin = trainer.precision_plugin
-        counts = torch.zeros(4, device=pl_module.device)  # examples, then correct: clean, fgsm, pgd
+        # examples, correct clean, robust to each attack, robust to all of them
+        counts = torch.zeros(3 + len(self.names), device=pl_module.device)
         for x, y in zip(images.split(self.batch_size), labels.split(self.batch_size)):
             with plugin.val_step_context() if stage == "val" else plugin.test_step_context():
-                counts += torch.stack([counts.new_tensor(float(len(y))), *self._correct(pl_module, x, y)])
+                clean, robust = self._robust(pl_module, x, y)
+            worst = clean & torch.stack(robust).all(0)
+            counts += torch.stack([counts.new_tensor(float(len(y))), *(hits.sum().float()
+                                                                       for hits in (clean, *robust, worst))])
         counts = trainer.strategy.reduce(counts, reduce_op="sum")  # every rank logs the same numbers
-        accuracies = {"subset_clean_acc": counts[1], "robust_acc_pgd": counts[3]}
-        if self.norm == "linf":
-            accuracies["robust_acc_fgsm"] = counts[2]
-        for name, correct in accuracies.items():
+        names = ["subset_clean_acc", *(f"robust_acc_{name}" for name in self.names), "robust_acc"]
+        for name, correct in zip(names, counts[1:]):
             pl_module.log(f"{stage}/{name}", correct / counts[0], sync_dist=True)
 
-    def _correct(self, pl_module: L.LightningModule, x: Tensor, y: Tensor) -> list[Tensor]:
-        """How many of x are correct: clean, robust to FGSM (0 when not run), robust to PGD.
+    def _robust(self, pl_module: L.LightningModule, x: Tensor, y: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """(B,) correct clean, and per attack of :attr:`names` (B,) robust: correct clean and attacked.
 
         Robust means correct both clean and under the attack (an attacker may always submit the
         clean image, which lies in every ball), as AutoAttack and ``research.attack`` count.
         """
         try:
-            x_fgsm = fgsm(pl_module, x, y, eps=self.eps) if self.norm == "linf" else None
-            x_pgd = pgd(
-                pl_module,
-                x,
-                y,
-                eps=self.eps,
-                step_size=self.pgd_step_size,
-                steps=self.pgd_steps,
-                norm=self.norm,
-                restarts=self.restarts,
-            )
+            with torch.no_grad():
+                clean = pl_module(x).argmax(-1) == y
+            robust = [clean & self._survives(pl_module, name, x, y) for name in self.names]
         except RuntimeError as err:
             if "Inference tensors" not in str(err):
                 raise
@@ -159,8 +181,18 @@ class RobustEvaluation(Callback):
                 "evaluation, say), and attacks cannot differentiate through it. Set trainer.inference_mode: "
                 "false in the config (Trainer(inference_mode=False)); validation then runs under no_grad."
             ) from err
+        return clean, robust
+
+    def _survives(self, pl_module: L.LightningModule, name: str, x: Tensor, y: Tensor) -> Tensor:
+        """(B,) whether the prediction on ``name``'s adversarial image is still ``y``."""
+        if name == "fgsm":
+            x_adv = fgsm(pl_module, x, y, eps=self.eps)
+        elif name == "pgd":
+            x_adv = pgd(pl_module, x, y, eps=self.eps, step_size=self.pgd_step_size, steps=self.pgd_steps,
+                        norm=self.norm, restarts=self.restarts)
+        elif name == "apgd":
+            x_adv = apgd(pl_module, x, y, eps=self.eps, norm=self.norm, steps=self.apgd_steps)
+        else:
+            x_adv = autoattack(pl_module, x, y, eps=self.eps, norm=self.norm)
         with torch.no_grad():
-            clean = pl_module(x).argmax(-1) == y
-            fgsm_ok = clean & (pl_module(x_fgsm).argmax(-1) == y) if x_fgsm is not None else torch.zeros_like(clean)
-            pgd_ok = clean & (pl_module(x_pgd).argmax(-1) == y)
-        return [hits.sum().float() for hits in (clean, fgsm_ok, pgd_ok)]
+            return pl_module(x_adv).argmax(-1) == y

@@ -33,6 +33,7 @@ def test_validation_and_test_log_robust_accuracy(eps, step_size, steps, fgsm_acc
     assert metrics["val/subset_clean_acc"] == 1.0
     assert metrics["val/robust_acc_fgsm"] == fgsm_acc
     assert metrics["val/robust_acc_pgd"] == pgd_acc
+    assert metrics["val/robust_acc"] == min(fgsm_acc, pgd_acc)  # worst case per example over both attacks
     t.test(task, datamodule=data)
     assert {"test/subset_clean_acc", "test/robust_acc_fgsm", "test/robust_acc_pgd"} <= set(t.callback_metrics)
     assert len(callback._subsets["val"]) == len(callback._subsets["test"]) == 6
@@ -139,4 +140,30 @@ def test_a_wrong_clean_prediction_is_never_counted_robust():
     x_adv = fgsm(task, torch.full((1, 1, 4, 4), 0.5), torch.tensor([0]), eps=0.3)
     assert task(x_adv).argmax(-1).item() == 0  # the attack lands on a correct prediction: the test can tell
     metrics = {k: v.item() for k, v in t.callback_metrics.items() if "robust" in k or "subset" in k}
-    assert metrics == {"val/subset_clean_acc": 0.0, "val/robust_acc_fgsm": 0.0, "val/robust_acc_pgd": 0.0}
+    assert metrics == {"val/subset_clean_acc": 0.0, "val/robust_acc_fgsm": 0.0, "val/robust_acc_pgd": 0.0,
+                       "val/robust_acc": 0.0}
+
+
+@pytest.mark.parametrize("attack", ["apgd", "autoattack"])
+@pytest.mark.parametrize("eps, expected", [(0.2, 1.0), (0.35, 0.0)])
+def test_apgd_and_autoattack_are_logged_and_count_in_the_worst_case(attack, eps, expected):
+    # Brightness survives eps < 0.3 and fails every image beyond: known in advance for any attack.
+    callback = RobustEvaluation(eps=eps, num_samples=6, attack=attack, pgd_steps=2, apgd_steps=10)
+    t = trainer(callbacks=[callback])
+    t.validate(brightness_task(), datamodule=brightness_data())
+    metrics = {k: v.item() for k, v in t.callback_metrics.items() if "robust" in k}
+    assert metrics == {f"val/robust_acc_{name}": pytest.approx(expected, abs=0) for name in callback.names} | {
+        "val/robust_acc": expected}
+    assert callback.names == ["fgsm", "pgd", attack]
+
+
+def test_robust_acc_is_the_worst_case_per_example_not_the_smallest_attack_figure():
+    """Two attacks that each fool a different half: each alone reports 50%, together 0%."""
+    callback = RobustEvaluation(eps=0.1, num_samples=6)
+    half = torch.tensor([True, True, True, False, False, False])
+    callback._survives = lambda module, name, x, y: half if name == "fgsm" else ~half
+    t = trainer(callbacks=[callback])
+    t.validate(brightness_task(), datamodule=brightness_data())  # right on every clean image
+    metrics = {k: v.item() for k, v in t.callback_metrics.items() if "robust" in k or "subset" in k}
+    assert metrics == {"val/subset_clean_acc": 1.0, "val/robust_acc_fgsm": 0.5, "val/robust_acc_pgd": 0.5,
+                       "val/robust_acc": 0.0}
