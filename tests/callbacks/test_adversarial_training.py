@@ -1,11 +1,24 @@
 """AdversarialTraining: each option changes what training_step receives, as documented."""
 
+import lightning as L
 import pytest
 import torch
-from attack_setup import AttackWindow, TokenTask, brightness_data, brightness_task, synthetic, tiny_task, trainer
+from attack_setup import (
+    AttackWindow,
+    Brightness,
+    TensorData,
+    TokenTask,
+    brightness_data,
+    brightness_task,
+    synthetic,
+    tiny_task,
+    trainer,
+)
 from lightning.pytorch.callbacks import Callback
+from torch import nn
 
 from research.callbacks import AdversarialTraining
+from research.tasks import ImageClassification
 
 EPS = 0.1
 
@@ -111,6 +124,78 @@ def test_fgsm_rs_guard_restores_the_last_good_weights_and_stops(sabotage, caplog
     else:
         assert t.global_step == 4 * batches
         assert t.callback_metrics["train/guard_pgd_acc"] == 1.0
+        assert t.callback_metrics["train/guard_fgsm_acc"] == 1.0  # robust to both: no gap
+
+
+class FlatAroundData(Brightness):
+    """Brightness' classifier, but constant within L-inf distance 0.01 of the grey images 0.2 and 0.8.
+
+    Its gradient at the data is zero, so FGSM (a step along sign(0) = 0) never moves; PGD's random
+    start leaves the flat zone and the gradient beyond leads across the boundary (eps > 0.3): robust
+    to FGSM, not to PGD. The gradient masking of Wong et al.'s failed FGSM runs in its simplest form.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        margin = self.scale * (x.mean(dim=(1, 2, 3)) - 0.5)
+        for grey in (0.2, 0.8):
+            near = (x - grey).flatten(1).abs().amax(1) < 0.01
+            margin = torch.where(near, self.scale * (grey - 0.5), margin)
+        return torch.stack([-margin, margin], dim=1)
+
+
+def flat_task(model=None) -> ImageClassification:
+    return ImageClassification(
+        model or FlatAroundData(), num_classes=2, mean=(0.0,), std=(1.0,), optimizer="sgd", lr=0.0,
+        weight_decay=0.0, schedule="constant",
+    )
+
+
+@pytest.mark.parametrize("warmup_epochs, stop_epoch", [(0, 0), (2, 1)])
+def test_fgsm_rs_gap_guard_stops_a_model_robust_to_fgsm_but_not_to_pgd(warmup_epochs, stop_epoch, caplog):
+    task = flat_task()
+    callback = AdversarialTraining(attack="fgsm_rs", eps=0.4, warmup_epochs=warmup_epochs)
+    t = trainer(callbacks=[callback], max_epochs=4, limit_val_batches=0)
+    t.fit(task, datamodule=brightness_data())
+    assert t.global_step == (stop_epoch + 1) * 4  # 4 batches an epoch; stopped after the first check past warm-up
+    assert t.callback_metrics["train/guard_fgsm_acc"] == 1.0
+    assert t.callback_metrics["train/guard_pgd_acc"] == 0.0
+    assert "FGSM accuracy 1.000 but PGD accuracy 0.000" in caplog.text
+    assert "cyclic learning rate" in caplog.text and "attack='pgd'" in caplog.text
+    assert task.model.scale.item() == 10.0  # nothing restored, nothing to restore (lr 0)
+
+
+def test_fgsm_rs_gap_guard_off():
+    t = trainer(callbacks=[AdversarialTraining(attack="fgsm_rs", eps=0.4, guard_gap=None)], max_epochs=2,
+                limit_val_batches=0)
+    t.fit(flat_task(), datamodule=brightness_data())
+    assert t.global_step == 2 * 4
+    assert t.callback_metrics["train/guard_fgsm_acc"] - t.callback_metrics["train/guard_pgd_acc"] == 1.0
+
+
+def noisy_brightness(n: int = 128) -> TensorData:
+    """1x6x6 images of mean 0.3 (class 0) or 0.7 (class 1) with uniform pixel noise of +-0.2."""
+    generator = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % 2
+    x = (0.3 + 0.4 * y.float()).view(-1, 1, 1, 1) + (torch.rand(n, 1, 6, 6, generator=generator) - 0.5) * 0.4
+    return TensorData(x.clamp(0, 1), y, batch_size=16)
+
+
+def test_fgsm_rs_gap_guard_leaves_a_pgd_trained_model_alone():
+    L.seed_everything(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(36, 32), nn.ReLU(), nn.Linear(32, 2))
+    task = ImageClassification(mlp, num_classes=2, mean=(0.0,), std=(1.0,), optimizer="sgd", lr=0.1,
+                               weight_decay=0.0, schedule="constant")
+    data = noisy_brightness()
+    trainer(callbacks=[AdversarialTraining(eps=0.15, steps=5)], max_epochs=10, limit_val_batches=0).fit(
+        task, datamodule=data
+    )
+    # the PGD-trained model under the fgsm_rs guards, weights frozen (lr 0): checked after each of 3 epochs
+    t = trainer(callbacks=[AdversarialTraining(attack="fgsm_rs", eps=0.15)], max_epochs=3, limit_val_batches=0)
+    t.fit(flat_task(mlp), datamodule=data)
+    assert t.global_step == 3 * 8  # never stopped
+    fgsm_acc, pgd_acc = t.callback_metrics["train/guard_fgsm_acc"], t.callback_metrics["train/guard_pgd_acc"]
+    assert pgd_acc >= 0.5  # robust, genuinely
+    assert fgsm_acc - pgd_acc <= 0.3
 
 
 def test_free_replays_each_minibatch_and_carries_the_perturbation():
@@ -164,6 +249,7 @@ def test_normalised_images_are_a_clear_error():
         (dict(eps=EPS, steps=1, fraction=0.0), r"fraction must lie in \(0, 1\]"),
         (dict(eps=EPS, steps=1, warmup_epochs=-1), "warmup_epochs must be >= 0"),
         (dict(attack="fgsm_rs", eps=EPS, guard_drop=2), r"guard_drop must lie in \[0, 1\]"),
+        (dict(attack="fgsm_rs", eps=EPS, guard_gap=-0.1), r"guard_gap must lie in \[0, 1\]"),
     ],
 )
 def test_bad_options_are_clear_errors(kwargs, message):
