@@ -24,9 +24,11 @@ Reference code we follow line by line: the official ``autoattack/autopgd_base.py
 (a uniform L-inf point rescaled so its largest coordinate is ``eps``, or a Gaussian direction scaled to
 the L2 sphere, then clamped to [0, 1]); the step and projection, applied once before and once after
 the momentum mix; the checkpoint arithmetic in whole steps (the first interval ``int(0.22 N)``, each
-next one ``int(0.03 N)`` shorter but at least ``int(0.06 N)``, which is the paper's ``w_j`` exactly
-when N is a multiple of 100, e.g. 22, 41, 57, 70, 80, 87, 93, 99 for N = 100, and rounds differently
-otherwise); condition 1 as ``increases <= rho * interval``; no condition 2 at the first checkpoint; the
+next one ``int(0.03 N)`` shorter but at least ``int(0.06 N)``), which gives the paper's ``w_j``
+exactly when N is a multiple of 100 (22, 41, 57, 70, 80, 87, 93, 99 for N = 100) but not otherwise
+(N = 50: 11, 21, 30, 38, 45 against the paper's 11, 21, 29, 35, 40, 44, 47, 50), so that a run of
+any length matches AutoAttack's and torchattacks'; condition 1 as ``rises <= rho * interval``, the
+code's test; no condition 2 at the first checkpoint (the code starts its flag at "halved"); the
 momentum after a restart from the best point taken against the iterate before the halving; restarts
 and further target classes run only on the examples not yet fooled; targets picked from the clean
 logits of those examples. One detail follows the paper instead: the code's condition 1 compares the

@@ -120,6 +120,14 @@ def test_checkpoints_are_the_papers_sequence(steps):
         assert _checkpoints(steps) == [22, 41, 57, 70, 80, 87, 93, 99]
 
 
+def test_checkpoints_of_other_lengths_follow_the_official_whole_step_intervals():
+    # int(0.22 N) first, then int(0.03 N) shorter each, at least int(0.06 N): for N = 50, intervals
+    # 11, 10, 9, 8, 7, where ceil(p_j N) would give 11, 21, 29, 35, 40, 44, 47, 50.
+    assert _checkpoints(50) == [11, 21, 30, 38, 45]
+    assert _checkpoints(10) == list(range(2, 11))
+    assert _checkpoints(1) == [1] and _checkpoints(0) == []
+
+
 class Scripted(nn.Module):
     """Logits (0, v_k) at the k-th call: the cross-entropy of class 0 is softplus(v_k), rising with v_k."""
 
