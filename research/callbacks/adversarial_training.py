@@ -92,6 +92,7 @@ def _ascent_from_small_noise(
     both references; the normalised gradient for L2). Gradients are taken with respect to the
     input only, and modes and BatchNorm statistics are restored (:func:`attack_mode`).
     """
+    _check_attack_args(x, eps=eps, step_size=step_size, steps=steps, norm=norm)
     ball = BALLS[norm](eps)
     with torch.inference_mode(False), torch.enable_grad(), attack_mode(model, eval_mode=eval_mode):
         x0 = x.detach().to(torch.promote_types(x.dtype, torch.float32), copy=True)
@@ -103,6 +104,20 @@ def _ascent_from_small_noise(
             x_adv = ball.project(x0, ball.step(x_adv.detach(), grad, step_size))
         # steps = 0: the start itself, brought into the ball and [0, 1] as the references' final clamp does
         return ball.project(x0, x_adv.detach()).to(x.dtype)
+
+
+def _check_attack_args(x: Tensor, *, eps: float, step_size: float, steps: int, norm: str) -> None:
+    """Stop early, with what was wrong (the checks of :func:`research.attacks.pgd` that apply here)."""
+    if norm not in BALLS:
+        raise ValueError(f"unknown norm {norm!r}; use one of {sorted(BALLS)}")
+    if not (isinstance(eps, int | float) and math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number >= 0 (in pixel units of [0, 1] images), got {eps!r}")
+    if not (isinstance(step_size, int | float) and math.isfinite(step_size) and step_size > 0):
+        raise ValueError(f"step_size must be a finite number > 0, got {step_size!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    if not (isinstance(x, Tensor) and x.is_floating_point() and x.ndim >= 2 and len(x) > 0):
+        raise ValueError("x must be a non-empty floating-point (B, C, H, W) batch of images in [0, 1]")
 
 
 def trades_attack(
@@ -135,7 +150,11 @@ def trades_attack(
 
     Returns:
         (B, C, H, W) images in the eps ball around ``x`` and in [0, 1], detached, in ``x``'s dtype.
+
+    Raises:
+        ValueError: an unknown norm, a negative eps or steps, a step_size <= 0, or ``x`` not a batch of images.
     """
+    _check_attack_args(x, eps=eps, step_size=step_size, steps=steps, norm=norm)
     with torch.no_grad(), attack_mode(model, eval_mode=eval_mode):
         clean_log_probs = F.log_softmax(model(x).float(), dim=-1)
 
@@ -353,9 +372,10 @@ class AdversarialTraining(Callback):
         attack_in_eval_mode: run the attack in eval mode (see above).
         replays: free only, required there: how many steps each minibatch is trained on
             (Shafahi et al.'s m).
-        beta: trades and mart only: weight of the KL term (default 6.0, Zhang et al.'s 1/lambda
-            on CIFAR-10 and Wang et al.'s default; Zhang et al. use 1.0 on MNIST). 0 trains on
-            the task's own loss alone (trades: clean training).
+        beta: trades and mart only: weight of the KL term (default 6.0: Zhang et al.'s 1/lambda
+            on CIFAR-10 and the default of Wang et al.'s ``mart_loss``; their train_trades_mnist.py
+            uses 1.0, MART's train_resnet.py 5.0). 0 trains on the task's own loss alone (trades:
+            clean training, bit for bit).
         guard_drop: fgsm_rs only (the other recipes ignore it): the drop in PGD accuracy, in [0, 1],
             that stops training (Wong et al. use 0.2); None switches the rule off. A resumed run
             starts its comparisons afresh.

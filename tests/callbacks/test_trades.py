@@ -314,3 +314,18 @@ def test_defaults():
     callback = AdversarialTraining(attack="trades", eps=0.3, steps=40)
     assert callback.beta == 6.0 and callback.step_size == pytest.approx(2.5 * 0.3 / 40)
     assert callback.guard_drop is None and callback.guard_gap is None  # the guards are fgsm_rs's
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(norm="l1"), "unknown norm 'l1'"),
+        (dict(eps=-0.1), "eps must be a finite number >= 0"),
+        (dict(step_size=0.0), "step_size must be a finite number > 0"),
+        (dict(steps=-1), "steps must be an integer >= 0"),
+    ],
+)
+def test_bad_attack_arguments_are_clear_errors(kwargs, message):
+    x = torch.rand(2, 1, 8, 8)
+    with pytest.raises(ValueError, match=message):
+        trades_attack(tiny_cnn(), x, **{"eps": EPS, "step_size": 0.01, "steps": 1, **kwargs})
