@@ -66,7 +66,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
-from research.attacks import fgsm, pgd
+from research.attacks import apgd, autoattack, fgsm, pgd, square
+from research.attacks.ensemble import COMPONENTS
 from research.checkpoint_file import load_checkpoint
 from research.config_file import config_files, read_config_file
 from research.errors import UserError, run_command
@@ -176,11 +177,42 @@ def _pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str, settings
                restarts=settings.restarts)
 
 
-# The APGD and AutoAttack entries go here, in the same form, e.g.
-#   @register_attack("autoattack", cost=..., describe=lambda eps, norm, s: {"steps": None, "step_size": None,
-#                                                                            "restarts": None})
-#   def _autoattack(model, x, y, eps, norm, settings):
-#       return autoattack(model, x, y, eps=eps, norm=norm)
+_FIXED = {"step_size": None, "restarts": 1}
+
+
+@register_attack("apgd", cost=lambda s: 100 * s.restarts,
+                 describe=lambda eps, norm, s: {"steps": 100, "step_size": None, "restarts": s.restarts})
+def _apgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str, settings: AttackSettings) -> Tensor:
+    # APGD-CE as AutoAttack runs it: 100 steps, no step size to choose (Croce and Hein 2020, section 3).
+    return apgd(model, x, y, eps=eps, norm=norm, steps=100, loss="ce", restarts=settings.restarts)
+
+
+@register_attack("apgd-t", cost=lambda s: 900, describe=lambda eps, norm, s: {"steps": 100, **_FIXED})
+def _apgd_t(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str, settings: AttackSettings) -> Tensor:
+    return COMPONENTS["apgd-t"][0](model, x, y, eps=eps, norm=norm, num_classes=_classes(model, x), eval_mode=True)
+
+
+@register_attack("fab-t", cost=lambda s: 1800, describe=lambda eps, norm, s: {"steps": 100, **_FIXED})
+def _fab_t(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str, settings: AttackSettings) -> Tensor:
+    return COMPONENTS["fab-t"][0](model, x, y, eps=eps, norm=norm, num_classes=_classes(model, x), eval_mode=True)
+
+
+@register_attack("square", cost=lambda s: 1700, describe=lambda eps, norm, s: {"steps": 5000, **_FIXED})
+def _square(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str, settings: AttackSettings) -> Tensor:
+    # 5,000 queries (forward passes only; "steps" in the table), p_init 0.8: AutoAttack's standard Square.
+    return square(model, x, y, eps=eps, norm=norm, queries=5000, p_init=0.8)
+
+
+@register_attack("autoattack", cost=lambda s: 2500, describe=lambda eps, norm, s: {"steps": None, **_FIXED})
+def _autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str, settings: AttackSettings) -> Tensor:
+    # The standard ensemble (APGD-CE, APGD-T, FAB-T, Square), worst case per example: the headline figure.
+    return autoattack(model, x, y, eps=eps, norm=norm)
+
+
+def _classes(model: nn.Module, x: Tensor) -> int:
+    with torch.no_grad():
+        return model(x[:1]).shape[-1]
+
 
 #: What ``--attack`` runs when not given.
 DEFAULT_ATTACKS = ("fgsm", "pgd")
@@ -245,13 +277,12 @@ def load(config: str, ckpt_path: str, overrides: Sequence[str] = (), *, device: 
     """The checkpoint's task in eval mode on ``device``, and the config's datamodule.
 
     Raises:
-        FileNotFoundError: no file at ``ckpt_path``.
+        FileNotFoundError: no file at ``ckpt_path`` (the message names the command that writes it).
         ValueError: the checkpoint holds another model than the config describes.
 
     """
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"no checkpoint at {Path(ckpt_path).resolve()}; pass --ckpt_path to a .ckpt file")
-    load_checkpoint(ckpt_path, what="--ckpt_path", lightning=True, mmap=True)  # a clear error for a broken file
+    # A clear error for a missing file (naming the command that writes it) or a broken one.
+    load_checkpoint(ckpt_path, what="checkpoint", lightning=True, mmap=True)
     cli = _TaskAndData(args=["--config", config, *overrides], run=False)
     task = type(cli.model).load_from_checkpoint(ckpt_path, map_location=device)
     saved, described = task.hparams.get("model"), cli.model.hparams.get("model")

@@ -112,9 +112,9 @@ def test_l2_pgd_and_cli_overrides_reach_the_datamodule(trained):
 
 def test_clear_errors(trained, tmp_path):
     config, ckpt = trained
-    with pytest.raises(FileNotFoundError, match="no checkpoint at .*missing.ckpt; pass --ckpt_path"):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*missing.ckpt: train it first with"):
         main(["--config", config, "--ckpt_path", str(tmp_path / "missing.ckpt")])
-    with pytest.raises(ValueError, match="fgsm is an L-inf attack; with norm='l2' attack with pgd only"):
+    with pytest.raises(ValueError, match="fgsm is an L-inf attack; with norm='l2' attack with pgd, apgd"):
         attack(trained, "--norm", "l2")
     other = tmp_path / "other.yaml"
     other.write_text(CONFIG.replace("batch_norm", "").replace("in_chans: 1, img_size: 16}",
@@ -228,3 +228,15 @@ def test_an_attack_added_to_the_registry_runs_with_no_other_change(trained, monk
     with pytest.raises(ValueError, match="unknown attack 'pdg'; did you mean 'pgd'"):
         robust_accuracy(torch.nn.Flatten(), [], attacks=["pdg"], eps=[0.1])
     assert AttackSettings().steps == 40 and set(ATTACKS) >= {"fgsm", "pgd"}
+
+
+def test_autoattack_and_its_parts_run_from_the_command_and_are_no_weaker_than_pgd(trained, capsys):
+    rows = attack(trained, "--eps", "0.1", "--attack", "pgd", "apgd", "apgd-t", "fab-t", "square", "autoattack")
+    by = {r["attack"]: r for r in rows}
+    assert set(by) == {"none", "pgd", "apgd", "apgd-t", "fab-t", "square", "autoattack"}
+    # The ensemble is the worst case per example of its parts, so it is at most each of them (up to one
+    # example: a part run alone draws other random starts than inside the ensemble).
+    one = 1 / by["pgd"]["total"]
+    assert all(by["autoattack"]["accuracy"] <= by[name]["accuracy"] + one for name in ("pgd", "apgd-t", "square"))
+    assert (by["apgd"]["steps"], by["square"]["steps"], by["autoattack"]["steps"]) == (100, 5000, None)
+    assert "| autoattack | linf | 0.1 |" in capsys.readouterr().out

@@ -14,6 +14,7 @@ torchattacks = pytest.importorskip("torchattacks")
 @pytest.fixture(scope="module")
 def mlp():
     torch.set_num_threads(1)
+    torch.manual_seed(0)  # trained() seeds after the model is built: seed its initial weights too
     return trained(nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10)), epochs=5)
 
 
