@@ -2,7 +2,7 @@
 
 :func:`fit_run` trains and tests one run and remembers its checkpoints and wall time;
 :func:`fit_and_test` returns just its metrics; :func:`attack_checkpoint` evaluates a run's
-checkpoint under FGSM/PGD with the functions of ``python -m research.attack``.
+checkpoint under the attacks of ``python -m research.attack`` (FGSM, PGD, AutoAttack, ...).
 """
 
 from __future__ import annotations
@@ -112,10 +112,13 @@ def attack_checkpoint(
     The task and data come from ``configs/<config>`` with ``overrides`` as in
     :func:`research.attack.load`; ``num_samples`` test examples are drawn with ``seed``, the same
     ones for every attack, and an example counts as robust only if it is also classified
-    correctly clean (see :mod:`research.attack`).
+    correctly clean and no restart of the attack fools it (see :mod:`research.attack`).
+    ``attacks`` are names in :data:`research.attack.ATTACKS`: ``"fgsm"``, ``"pgd"`` (which reads
+    ``steps``, ``step_size`` and ``restarts``), ``"apgd"``, ``"autoattack"`` (the standard ensemble,
+    worst case per example: the robust figure; FGSM and PGD give upper bounds on it), ...
 
     Returns:
-        ``{"clean": ..., "fgsm": ..., "pgd": ...}`` for the attacks asked for, in percent.
+        ``{"clean": ..., "fgsm": ..., "autoattack": ...}``: one key per attack asked for, in percent.
     """
     import torch
 
