@@ -322,7 +322,9 @@ class AdversarialTraining(Callback):
     step, as the references do, so BatchNorm's running statistics see both clean and adversarial
     batches (beta = 0 therefore gives the parameters of clean training, not its running
     statistics). Logged every step: ``train/trades_kl`` and ``train/trades_loss`` (the total),
-    or ``train/mart_boost``, ``train/mart_kl`` (weighted) and ``train/mart_loss``.
+    or ``train/mart_boost``, ``train/mart_kl`` (weighted) and ``train/mart_loss``. A task that
+    changes the batch's images in place (mixup, cutmix) stops with an error: its images would no
+    longer match their adversarial views.
 
     Catastrophic-overfitting guards (``fgsm_rs`` only; Wong et al. 2020 section 5). After the
     last batch of every epoch the epoch's first training batch (a copy taken before its step) is
@@ -390,8 +392,9 @@ class AdversarialTraining(Callback):
 
     Raises:
         ValueError: an option out of range or one that the chosen attack does not take; at the
-            first batch, a task whose batches are not (images in [0, 1], integer labels); at
-            setup, trades or mart on a task with manual optimisation.
+            first batch, a task whose batches are not (images in [0, 1], integer labels); for
+            trades and mart, a task with manual optimisation (at setup), or one whose
+            training_step returns no loss or changes the batch's images in place.
     """
 
     def __init__(
@@ -643,6 +646,13 @@ class AdversarialTraining(Callback):
             out = step(batch, *args, **kwargs)
         finally:
             seen.close()
+        if x._version != seen.version:
+            # e.g. mixup/cutmix in place: the adversarial view no longer belongs to the images trained on
+            raise ValueError(
+                f"{OWNER}: attack={self.attack!r} pairs each image with its adversarial view, but "
+                f"{type(pl_module).__name__}.training_step changes the batch's images in place (mixup or cutmix?); "
+                "switch that off, or use attack='pgd'"
+            )
         if out is None:  # the task skipped this batch
             return out
         loss = out.get("loss") if isinstance(out, dict) else out

@@ -287,12 +287,20 @@ class NoLoss(ImageClassification):
         return {"logits": torch.zeros(())}
 
 
+class MixesInPlace(ImageClassification):
+    def training_step(self, batch, batch_idx):
+        batch[0].mul_(0.5).add_(batch[0].flip(0))  # as timm's Mixup does to the batch
+        return super().training_step(batch, batch_idx)
+
+
 def test_tasks_the_loss_recipes_cannot_train_are_clear_errors():
     callback = AdversarialTraining(attack="trades", eps=EPS, steps=1)
     with pytest.raises(ValueError, match="optimises manually"):
         trainer(callbacks=[callback], max_steps=1).fit(Manual(), datamodule=synthetic())
     with pytest.raises(ValueError, match="needs a training_step that returns its loss"):
         trainer(callbacks=[callback], max_steps=1).fit(tiny(NoLoss), datamodule=synthetic())
+    with pytest.raises(ValueError, match="changes the batch's images in place"):
+        trainer(callbacks=[callback], max_steps=1).fit(tiny(MixesInPlace), datamodule=synthetic())
 
 
 @pytest.mark.parametrize(
