@@ -1,11 +1,12 @@
-"""A few steps of PGD (or TRADES) adversarial training under DDP on CPU (2 processes, gloo); run by test_ddp.py.
+"""A few steps of adversarial training under DDP on CPU (2 processes, gloo), one fit per attack; run by test_ddp.py.
 
-    python tests/callbacks/ddp_adversarial_run.py OUT_DIR [pgd|trades]
+    python tests/callbacks/ddp_adversarial_run.py OUT_DIR pgd trades
 
 Lightning's "ddp" strategy starts rank 1 by re-running this very command, so it must be a script
-of its own (re-running pytest would run the whole test session again). Each rank writes
-``OUT_DIR/rank<r>.pt``: its final weights, the clean and attacked images of every step, and the
-metrics it logged.
+of its own (re-running pytest would run the whole test session again). The fits run one after
+the other in the same two processes (the second reuses the process group: one start-up for all).
+For each attack each rank writes ``OUT_DIR/<attack>/rank<r>.pt``: its final weights, the clean
+and attacked images of every step, and the metrics it logged.
 """
 
 import sys
@@ -18,7 +19,8 @@ from attack_setup import AttackWindow, synthetic, tiny_task, trainer
 from research.callbacks import AdversarialExamples, AdversarialTraining, RobustEvaluation
 
 
-def main(out: Path, attack: str = "pgd") -> None:
+def main(out: Path, attack: str) -> None:
+    out.mkdir(exist_ok=True)
     L.seed_everything(0)
     task = tiny_task()
     probe = AttackWindow(task)
@@ -47,4 +49,5 @@ def main(out: Path, attack: str = "pgd") -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), *sys.argv[2:])
+    for name in sys.argv[2:]:
+        main(Path(sys.argv[1]) / name, name)

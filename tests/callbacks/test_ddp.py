@@ -12,7 +12,10 @@ SCRIPT = Path(__file__).with_name("ddp_adversarial_run.py")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_ddp(tmp_path, attack: str) -> list[dict]:
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory) -> Path:
+    """PGD, then TRADES adversarial training, in one pair of gloo processes (their start-up is most of the time)."""
+    out = tmp_path_factory.mktemp("ddp")
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(SCRIPT.parent), os.environ.get("PYTHONPATH", "")]),
@@ -20,15 +23,19 @@ def run_ddp(tmp_path, attack: str) -> list[dict]:
         "WANDB_MODE": "disabled",
     }
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path), attack], env=env, cwd=tmp_path, capture_output=True, text=True,
-        timeout=120,  # a hang (one rank waiting in a collective forever) fails here
+        [sys.executable, str(SCRIPT), str(out), "pgd", "trades"], env=env, cwd=out, capture_output=True,
+        text=True, timeout=180,  # a hang (one rank waiting in a collective forever) fails here
     )
     assert done.returncode == 0, done.stderr[-3000:]  # e.g. DDP's unused-parameter or reducer errors
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    return out
 
 
-def test_pgd_training_under_ddp(tmp_path):
-    ranks = run_ddp(tmp_path, "pgd")
+def load_ranks(out: Path, attack: str) -> list[dict]:
+    return [torch.load(out / attack / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def test_pgd_training_under_ddp(ddp_runs):
+    ranks = load_ranks(ddp_runs, "pgd")
     for name, value in ranks[0]["weights"].items():
         assert torch.equal(value, ranks[1]["weights"][name]), name  # the ranks end identical
     assert len(ranks[0]["attacked"]) == len(ranks[1]["attacked"]) == 3
@@ -40,12 +47,12 @@ def test_pgd_training_under_ddp(tmp_path):
             delta = rank["attacked"][step] - rank["clean"][step]
             assert 0 < delta.abs().max() <= 0.1 + 1e-6
     assert ranks[0]["robust_acc_pgd"] == ranks[1]["robust_acc_pgd"]  # counts summed over ranks
-    assert list((tmp_path / "adversarial_examples").glob("val_epoch=*.png"))
+    assert list((ddp_runs / "pgd" / "adversarial_examples").glob("val_epoch=*.png"))
 
 
-def test_trades_training_under_ddp(tmp_path):
+def test_trades_training_under_ddp(ddp_runs):
     """The wrapped training_step (task loss + beta * KL, one graph) under DDP: the ranks stay in step."""
-    ranks = run_ddp(tmp_path, "trades")
+    ranks = load_ranks(ddp_runs, "trades")
     for name, value in ranks[0]["weights"].items():
         assert torch.equal(value, ranks[1]["weights"][name]), name
     for step in range(3):
