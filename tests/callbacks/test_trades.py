@@ -296,7 +296,7 @@ class MixesInPlace(ImageClassification):
 def test_tasks_the_loss_recipes_cannot_train_are_clear_errors():
     callback = AdversarialTraining(attack="trades", eps=EPS, steps=1)
     with pytest.raises(ValueError, match="optimises manually"):
-        trainer(callbacks=[callback], max_steps=1).fit(Manual(), datamodule=synthetic())
+        trainer(callbacks=[callback], max_steps=1, limit_val_batches=0).fit(Manual(), datamodule=synthetic())
     with pytest.raises(ValueError, match="needs a training_step that returns its loss"):
         trainer(callbacks=[callback], max_steps=1).fit(tiny(NoLoss), datamodule=synthetic())
     with pytest.raises(ValueError, match="changes the batch's images in place"):
