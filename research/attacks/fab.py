@@ -156,7 +156,7 @@ def _fab(model: nn.Module, x: Tensor, y: Tensor, target: Tensor, *, eps: float, 
     Returns whether a misclassified iterate was found (B,) and the closest one found, else ``x``
     (B, ...).
     """
-    n, shape = len(x), x.shape
+    n = len(x)
     flat_x = rearrange(x, "b ... -> b (...)")
     x_k = x.clone()
     if random_start:
@@ -176,7 +176,7 @@ def _fab(model: nn.Module, x: Tensor, y: Tensor, target: Tensor, *, eps: float, 
         flat_k = rearrange(x_k, "b ... -> b (...)")
         b = (w * flat_k).sum(1) - gap
         d = project_onto_hyperplane_in_box(torch.cat([flat_k, flat_x]), torch.cat([w, w]), torch.cat([b, b]), norm)
-        d_k, d_0 = d[:n].view(shape), d[n:].view(shape)
+        d_k, d_0 = d[:n].view_as(x), d[n:].view_as(x)
         length = _norm(d, norm).clamp_min(_MIN_STEP)
         alpha = _per_example((length[:n] / (length[:n] + length[n:])).clamp(0, alpha_max), x)
         # The biased step: towards the boundary from x_k, leaning towards the projection of x.
