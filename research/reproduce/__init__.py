@@ -4,7 +4,17 @@ Each table is data (research/reproduce/<table>.py): the paper's rows with their 
 and a tolerance, and how ours is measured. Every paper number the code claims to match lives here.
 """
 
-from research.reproduce import batchnorm, complexity, goodfellow, madry, mae_mask_ratio, seq2seq, vit_vs_resnet, wong
+from research.reproduce import (
+    batchnorm,
+    catastrophic_overfitting,
+    complexity,
+    goodfellow,
+    madry,
+    mae_mask_ratio,
+    seq2seq,
+    vit_vs_resnet,
+    wong,
+)
 from research.reproduce.table import Result, Row, Table, run_table, to_markdown
 
 TABLES: dict[str, Table] = {t.name: t for t in (
@@ -13,6 +23,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     madry.TABLE,
     goodfellow.TABLE,
     wong.TABLE,
+    catastrophic_overfitting.TABLE,
     mae_mask_ratio.TABLE,
     vit_vs_resnet.TABLE,
     seq2seq.TABLE,

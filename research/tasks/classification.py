@@ -20,7 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from research.checkpoint_file import load_checkpoint
 from research.models import build_model, import_weights
 from research.tasks.checks import check_checkpoint
-from research.tasks.optim import OptimizerName, build_optimizer, one_cycle_per_epoch, warmup_cosine_per_epoch
+from research.tasks.optim import OptimizerName, build_optimizer, one_cycle_over_run, warmup_cosine_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,14 @@ class ImageClassification(L.LightningModule):
         weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
         momentum: SGD momentum.
         nesterov: SGD Nesterov momentum.
-        warmup_epochs: linear warm-up length in epochs (may be fractional); for "cyclic", the
-            epochs up to the peak.
+        warmup_epochs: linear warm-up length in epochs (may be fractional) of the cosine schedule.
         min_lr_ratio: the cosine and cyclic schedules decay to ``lr * min_lr_ratio``.
         schedule: "cosine" (per-step, after warm-up), "constant", or "cyclic": per step, a linear
-            rise from 0 to ``lr`` over ``warmup_epochs`` and a linear fall to ``lr * min_lr_ratio``
-            at the run's last step (Wong et al. 2020's cyclic lr, see
+            rise from 0 to ``lr`` at ``cycle_peak`` of the run and a linear fall to
+            ``lr * min_lr_ratio`` at its last step (Wong et al. 2020's cyclic lr, see
             :func:`~research.tasks.optim.one_cycle_linear`).
+        cycle_peak: where the cyclic schedule peaks, as a fraction of the run's optimizer steps
+            (Wong et al.: 2/5).
         pretrained: path of a checkpoint whose weights initialise the model, read through
             :func:`~research.models.import_weights` when the task is built: e.g. an MAE
             pre-training checkpoint, whose encoder loads into a ViT (position embeddings resampled
@@ -84,6 +85,7 @@ class ImageClassification(L.LightningModule):
         warmup_epochs: float = 0.0,
         min_lr_ratio: float = 0.0,
         schedule: str = "cosine",
+        cycle_peak: float = 0.4,
         pretrained: str | None = None,
         linear_probe: bool = False,
         layer_decay: float | None = None,
@@ -101,6 +103,9 @@ class ImageClassification(L.LightningModule):
             raise ValueError("layer_decay scales the lr of the model's layers, which a linear probe freezes: drop one")
         if schedule not in ("cosine", "constant", "cyclic"):
             raise ValueError(f"unknown schedule {schedule!r}; choose 'cosine', 'constant' or 'cyclic'")
+        if schedule == "cyclic" and warmup_epochs:
+            raise ValueError("schedule 'cyclic' rises until cycle_peak (a fraction of the run); warmup_epochs is "
+                             "the cosine schedule's: remove it")
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std, or neither (then the datamodule's are used)")
         self._set_normalization(mean, std)
@@ -313,6 +318,10 @@ class ImageClassification(L.LightningModule):
         )
         if hp.schedule == "constant":
             return optimizer
-        per_epoch = one_cycle_per_epoch if hp.schedule == "cyclic" else warmup_cosine_per_epoch
-        scheduler = per_epoch(self.trainer, optimizer, warmup_epochs=hp.warmup_epochs, min_lr_ratio=hp.min_lr_ratio)
+        if hp.schedule == "cyclic":
+            scheduler = one_cycle_over_run(self.trainer, optimizer, peak=hp.cycle_peak, min_lr_ratio=hp.min_lr_ratio)
+        else:
+            scheduler = warmup_cosine_per_epoch(
+                self.trainer, optimizer, warmup_epochs=hp.warmup_epochs, min_lr_ratio=hp.min_lr_ratio
+            )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

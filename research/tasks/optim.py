@@ -143,32 +143,34 @@ def one_cycle_linear(
     ``np.interp(t, [0, peak, end], [0, lr_max, 0])`` with ``t = epoch + (i + 1) / len(loader)``
     for the i-th batch. In optimizer steps ``s`` (counted from 0) the lr of step ``s`` is
     ``lr * np.interp(s + 1, [0, warmup_steps, total_steps], [0, 1, min_lr_ratio])``, so the
-    first step already moves (lr / warmup_steps) and the last one has ``lr * min_lr_ratio`` (0 in
-    the paper). It is torch's ``OneCycleLR`` (linear annealing, two phases, no momentum cycling),
-    which gives exactly these values: its rise runs from ``lr / div_factor`` at step 0 to ``lr``
-    at step ``warmup_steps - 1``, so ``div_factor = warmup_steps`` puts the line through 0 at
-    step -1, and its fall ends at step ``total_steps - 1`` (tests/tasks/test_optim.py pins the
-    match at every step). The scheduler's own step after the run's last optimizer step leaves
-    the lr one step further down the line, a value no optimizer step uses.
+    first step already moves and the last one has ``lr * min_lr_ratio`` (0 in the paper). It is
+    torch's ``OneCycleLR`` (linear annealing, two phases, no momentum cycling), which gives
+    exactly these values: its rise runs from ``lr / div_factor`` at step 0 to ``lr`` at step
+    ``warmup_steps - 1``, so ``div_factor = warmup_steps`` puts the line through 0 at step -1, and
+    its fall ends at step ``total_steps - 1`` (tests/tasks/test_optim.py pins the match at every
+    step). A peak before the first step (``warmup_steps < 1``, a run of a few steps) leaves only the
+    fall, still on the same line. The scheduler's own step after the run's last optimizer step
+    leaves the lr one step further down the line, a value no optimizer step uses.
 
     Args:
         optimizer: its groups' ``lr`` are the peaks (layer-wise lr decay keeps its ratios).
-        warmup_steps: optimizer steps up to the peak, in (1, total_steps); need not be whole
+        warmup_steps: optimizer steps up to the peak, in (0, total_steps); need not be whole
             (Wong et al.: 2/5 of the run).
         total_steps: optimizer steps in the run.
         min_lr_ratio: the lr of the last step, as a fraction of the peak.
 
     Raises:
-        ValueError: ``warmup_steps`` not in (1, total_steps), or ``min_lr_ratio`` not in [0, 1].
+        ValueError: ``warmup_steps`` not in (0, total_steps), or ``min_lr_ratio`` not in [0, 1].
     """
-    if not 1 < warmup_steps < total_steps:
+    if not 0 < warmup_steps < total_steps:
         raise ValueError(
-            f"the cyclic schedule needs its peak after the first optimizer step and before the last: "
-            f"1 < warmup steps < {total_steps} (the run's steps), got {warmup_steps:g}; "
-            "set warmup_epochs (Wong et al.: 2/5 of max_epochs)"
+            f"the cyclic schedule needs its peak inside the run: 0 < warmup steps < {total_steps} (the run's "
+            f"steps), got {warmup_steps:g}; cycle_peak is a fraction of the run in (0, 1), Wong et al. use 0.4"
         )
     if not 0 <= min_lr_ratio <= 1:
         raise ValueError(f"min_lr_ratio must lie in [0, 1], got {min_lr_ratio}")
+    if warmup_steps == 1:  # OneCycleLR's rise would last 0 steps (0 / 0): put the peak a hair later
+        warmup_steps = 1 + 1e-9  # the lr moves by < 1e-9 of the peak
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=[group["lr"] for group in optimizer.param_groups],
@@ -183,15 +185,19 @@ def one_cycle_linear(
     )
 
 
-def one_cycle_per_epoch(
-    trainer: Trainer, optimizer: torch.optim.Optimizer, *, warmup_epochs: float, min_lr_ratio: float
+def one_cycle_over_run(
+    trainer: Trainer, optimizer: torch.optim.Optimizer, *, peak: float, min_lr_ratio: float
 ) -> torch.optim.lr_scheduler.OneCycleLR:
-    """:func:`one_cycle_linear` over the trainer's whole run, peaking after ``warmup_epochs`` (fractional) epochs."""
+    """:func:`one_cycle_linear` over the trainer's whole run, peaking after the fraction ``peak`` of its steps.
+
+    A fraction, not epochs, as in Wong et al.'s code (the peak at ``epochs * 2 // 5``): a run
+    shortened from the command line keeps the shape of its cycle.
+    """
+    if not 0 < peak < 1:
+        raise ValueError(f"cycle_peak is where the lr peaks as a fraction of the run, in (0, 1) (Wong et al.: 0.4), "
+                         f"got {peak}")
     total = run_length(trainer, "cyclic")
-    steps_per_epoch = _steps_per_epoch(trainer)
-    return one_cycle_linear(
-        optimizer, warmup_steps=warmup_epochs * steps_per_epoch, total_steps=total, min_lr_ratio=min_lr_ratio
-    )
+    return one_cycle_linear(optimizer, warmup_steps=peak * total, total_steps=total, min_lr_ratio=min_lr_ratio)
 
 
 def warmup_linear(

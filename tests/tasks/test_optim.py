@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from research.tasks.optim import build_optimizer, one_cycle_linear, param_groups, run_length, warmup_cosine
+from research.tasks.optim import (
+    build_optimizer,
+    one_cycle_linear,
+    one_cycle_over_run,
+    param_groups,
+    run_length,
+    warmup_cosine,
+)
 
 
 def test_no_weight_decay_on_biases_norms_and_tokens():
@@ -138,10 +145,23 @@ def test_one_cycle_keeps_group_ratios_and_ends_at_min_lr():
     assert np.allclose([lr for _, lr in lrs], 0.25 * expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("warmup_steps, total_steps", [(0.8, 2), (1, 3), (1.2, 3)])
+def test_one_cycle_of_a_run_of_a_few_steps_stays_on_the_line(warmup_steps, total_steps):
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = one_cycle_linear(optimizer, warmup_steps=warmup_steps, total_steps=total_steps)
+    lrs = []
+    for _ in range(total_steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        sched.step()
+    expected = np.interp(np.arange(1, total_steps + 1), [0, warmup_steps, total_steps], [0, 1, 0])
+    assert np.allclose(lrs, expected, rtol=0, atol=1e-8)
+
+
 def test_one_cycle_without_room_for_its_peak_is_a_clear_error():
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    for warmup_steps in (0, 1, 10, 12):
-        with pytest.raises(ValueError, match="1 < warmup steps < 10"):
+    for warmup_steps in (0, 10, 12):
+        with pytest.raises(ValueError, match="0 < warmup steps < 10"):
             one_cycle_linear(optimizer, warmup_steps=warmup_steps, total_steps=10)
     with pytest.raises(ValueError, match="min_lr_ratio must lie in"):
         one_cycle_linear(optimizer, warmup_steps=4, total_steps=10, min_lr_ratio=2.0)
@@ -164,7 +184,7 @@ def test_cyclic_schedule_of_the_classification_task_steps_as_wong_et_al():
     epochs, record = 5, RecordLR()
     task = ImageClassification({"name": "madry_mnist_cnn", "num_classes": 4, "in_chans": 1, "img_size": 8},
                                optimizer="adamw", lr=5e-3, weight_decay=0.0, schedule="cyclic",
-                               warmup_epochs=epochs * 2 // 5, mean=[0.0], std=[1.0])
+                               cycle_peak=(epochs * 2 // 5) / epochs, mean=[0.0], std=[1.0])
     data = SyntheticImages(num_samples=96, num_classes=4, img_size=8, in_chans=1, batch_size=16)
     trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[record],
@@ -174,3 +194,16 @@ def test_cyclic_schedule_of_the_classification_task_steps_as_wong_et_al():
     assert len(record.lrs) == epochs * batches and batches > 1
     for epoch, i, lr in record.lrs:
         assert abs(lr - wong_cyclic_lr(epoch, i, epochs=epochs, batches=batches, lr_max=5e-3)) < 1e-9, (epoch, i)
+
+
+def test_cyclic_schedule_options_are_checked():
+    from research.tasks import ImageClassification
+
+    model = {"name": "madry_mnist_cnn", "num_classes": 4, "in_chans": 1, "img_size": 8}
+    with pytest.raises(ValueError, match="schedule 'cyclic' rises until cycle_peak .* warmup_epochs"):
+        ImageClassification(model, schedule="cyclic", warmup_epochs=4)
+    trainer = SimpleNamespace(estimated_stepping_batches=100)
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    assert one_cycle_over_run(trainer, optimizer, peak=0.4, min_lr_ratio=0.0).total_steps == 100
+    with pytest.raises(ValueError, match=r"cycle_peak .* in \(0, 1\) \(Wong et al.: 0.4\), got 4"):
+        one_cycle_over_run(trainer, optimizer, peak=4, min_lr_ratio=0.0)
