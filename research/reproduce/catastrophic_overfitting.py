@@ -16,9 +16,10 @@ from the first step), three runs that differ only in the attack's step and the g
 
 - alpha = 2 eps from the random start (configs/reproduce/mnist_wong_fgsm_step2eps_unguarded.yaml),
   the guard reading every epoch but never acting (guard_drop 1: a drop cannot exceed 1). A step
-  of 2 eps from any start in the ball ends every pixel at +-eps (after the projection), the vertex
-  that FGSM from a zero start reaches, so the random start no longer matters: this is both failures
-  of the paper at once. (A zero start itself is not an option of the callback.)
+  of 2 eps from any start in the ball ends every pixel at x +- eps (after the projection; or at the
+  [0, 1] bound), the vertex that FGSM from a zero start reaches, so the random start no longer
+  matters (only where the gradient is taken does): the too-large step and the zero start at once.
+  (A zero start itself is not an option of the callback.)
 - the same with the guard (guard_drop 0.2, configs/reproduce/mnist_wong_fgsm_step2eps.yaml): the
   same run until the guard fires (the guard's attacks draw the same random numbers in both), then
   the weights of the epoch before and a stop.
