@@ -64,7 +64,7 @@ _MODEL = "madry_mnist_cnn"
 TABLE = Table(
     name="wong",
     title="Wong et al. 2020: fast (FGSM-RS) vs PGD-7 adversarial training, accuracy (%) clean and under PGD "
-    "(full run: 11 min on this 2-core CPU, one thread)",
+    "(full run: about 15 min of CPU on this 2-core CPU, one thread)",
     unit="% or ratio",
     rows=[
         Row("FGSM-RS, clean", 83.81, 5.0, PAPER, partial(_score, FAST, "clean"), key=_KEY, model=_MODEL),
