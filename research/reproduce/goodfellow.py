@@ -101,7 +101,7 @@ ROWS = [
 TABLE = Table(
     name="goodfellow",
     title="Goodfellow et al. 2015: MNIST error rate (%), clean and under FGSM at eps 0.25, natural vs adversarial "
-    "training with alpha 0.5; AutoAttack error as the standard evaluation (full run: about 4 min on this 2-core "
+    "training with alpha 0.5; AutoAttack error as the standard evaluation (full run: about 6 min on this 2-core "
     "CPU, one thread)",
     unit="% error",
     rows=ROWS,

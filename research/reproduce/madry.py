@@ -93,8 +93,8 @@ TABLE = Table(
     unit="%",
     rows=[
         _row("natural training, clean", 99.2, 1.0, NATURAL_PAPER, NATURAL, "clean"),
-        _row("natural training, AutoAttack", None, 0.0, "ours (the paper gives FGSM only for this network)",
-             NATURAL, "autoattack"),
+        _row("natural training, AutoAttack", None, 0.0,
+             "ours (neither paper has an AutoAttack figure for a natural network)", NATURAL, "autoattack"),
         _row(f"natural training, FGSM {UPPER}", 6.4, 3.0, NATURAL_PAPER, NATURAL, "fgsm"),
         _row("PGD training, clean", 98.8, 1.5, PAPER, ROBUST, "clean"),
         _row("PGD training, AutoAttack (robust accuracy)", 88.5, 3.0, AUTOATTACK_PAPER, ROBUST, "autoattack"),
