@@ -646,6 +646,11 @@ def _named(names: Sequence[str]) -> str:
     return f"class folder{'s' if len(names) > 1 else ''} {', '.join(names)}"
 
 
+def _hold(names: Sequence[str]) -> str:
+    """The verb after :func:`_named`: ``holds`` for one folder, ``hold`` for several."""
+    return "hold" if len(names) > 1 else "holds"
+
+
 class ImageFolderData(VisionDataModule):
     """Images in torchvision's ImageFolder layout, read from disk batch by batch.
 
@@ -703,8 +708,8 @@ class ImageFolderData(VisionDataModule):
         empty = [c for c in classes if not holds_image(train_dir / c)]
         if empty:
             raise UserError(
-                f"{_named(empty)} under {train_dir} {'hold' if len(empty) > 1 else 'holds'} no image ({', '.join(IMG_EXTENSIONS)}); every folder "
-                "under train/ is a class: add images or remove the folder"
+                f"{_named(empty)} under {train_dir} {_hold(empty)} no image ({', '.join(IMG_EXTENSIONS)}); every "
+                "folder under train/ is a class: add images or remove the folder"
             )
         for split in ("val", "test"):
             self._check_split_folders(split, classes)
@@ -766,8 +771,8 @@ class ImageFolderData(VisionDataModule):
         empty = [c for c in found if not holds_image(folder / c)]
         if empty:
             raise UserError(
-                f"{_named(empty)} under {folder} {'hold' if len(empty) > 1 else 'holds'} no image ({', '.join(IMG_EXTENSIONS)}): add images of the "
-                f"class, {carve}"
+                f"{_named(empty)} under {folder} {_hold(empty)} no image ({', '.join(IMG_EXTENSIONS)}): add images "
+                f"of the class, {carve}"
             )
 
     def _load_splits(self) -> dict[str, Dataset]:
