@@ -3,7 +3,7 @@ against brute-force solutions, the provable distance on a linear model, the targ
 model, the model's state and argument checks.
 
 The MNIST model trains in the test, in about a second, on 4,000 of the embedded digits (as in
-test_torchattacks_agreement.py, whose helpers are copied here).
+test_torchattacks_agreement.py, whose digit helpers are imported here).
 """
 
 import itertools
@@ -13,26 +13,16 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_torchattacks_agreement import accuracy, digits
 from tiny_classifiers import assert_same_state, linear_classifier, snapshot, tiny_cnn
 from torch import nn
 
 import research.attacks.fab as fab_module
 from research.attacks.balls import l2_norm
 from research.attacks.fab import fab_targeted, project_onto_hyperplane_in_box
-from research.data import EmbeddedMNIST
 
 torchattacks = pytest.importorskip("torchattacks")
 scipy_optimize = pytest.importorskip("scipy.optimize")
-
-
-def digits(split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    dm = EmbeddedMNIST()
-    dm.setup("fit")
-    subset = getattr(dm, f"{split}_set")
-    # A fixed random draw: the file is sorted by label, so the first images are all zeros.
-    order = torch.randperm(len(subset), generator=torch.Generator().manual_seed(0))[:count]
-    images, labels = subset.dataset.__getitems__([subset.indices[i] for i in order])
-    return images.float() / 255, labels
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +38,6 @@ def mlp():
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
     return model.eval()
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return (model(x).argmax(-1) == y).float().mean().item()
 
 
 def distance(x_adv, x, norm):

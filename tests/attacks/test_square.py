@@ -2,7 +2,7 @@
 query budget per example, the threat model, the model's state, the schedule and pattern, argument checks.
 
 The MNIST model trains in the test, in about a second, on 4,000 of the embedded digits (as in
-test_torchattacks_agreement.py, whose helpers are copied here).
+test_torchattacks_agreement.py, whose digit helpers are imported here).
 """
 
 import pytest
@@ -10,24 +10,14 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_torchattacks_agreement import accuracy, digits
 from tiny_classifiers import assert_same_state, snapshot, tiny_cnn
 from torch import nn
 
 from research.attacks.balls import l2_norm
 from research.attacks.square import _pseudo_gaussian, p_schedule, square
-from research.data import EmbeddedMNIST
 
 torchattacks = pytest.importorskip("torchattacks")
-
-
-def digits(split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    dm = EmbeddedMNIST()
-    dm.setup("fit")
-    subset = getattr(dm, f"{split}_set")
-    # A fixed random draw: the file is sorted by label, so the first images are all zeros.
-    order = torch.randperm(len(subset), generator=torch.Generator().manual_seed(0))[:count]
-    images, labels = subset.dataset.__getitems__([subset.indices[i] for i in order])
-    return images.float() / 255, labels
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +33,6 @@ def mlp():
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
     return model.eval()
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return (model(x).argmax(-1) == y).float().mean().item()
 
 
 def ours_and_theirs(model, x, y, *, norm, eps, queries, seed) -> tuple[torch.Tensor, torch.Tensor]:
