@@ -7,10 +7,9 @@ test_torchattacks_agreement.py, whose digit helpers are imported here).
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_torchattacks_agreement import accuracy, digits
+from test_torchattacks_agreement import accuracy, digits, seeded_mlp
 from tiny_classifiers import assert_same_state, snapshot, tiny_cnn
 from torch import nn
 
@@ -23,16 +22,7 @@ torchattacks = pytest.importorskip("torchattacks")
 @pytest.fixture(scope="module")
 def mlp():
     torch.set_num_threads(1)  # the module fixture runs before the per-test one-thread fixture
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
-    x, y = digits("train", 4000)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(5):
-        for idx in torch.randperm(len(x)).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
+    return seeded_mlp()
 
 
 def ours_and_theirs(model, x, y, *, norm, eps, queries, seed) -> tuple[torch.Tensor, torch.Tensor]:
