@@ -15,6 +15,7 @@ NOISE = [
     "Total FLOPs: 0",  # a summary without an example input counts nothing
     "skip_none parameter was deprecated",  # jsonargparse, from our own config.yaml writer
     "Trainer already configured with model summary callbacks",  # Lightning, on our own summary
+    "LightningCLI's args parameter",  # Lightning, when a command runs a fit with its own sys.argv still set
 ]
 
 
@@ -54,3 +55,14 @@ def test_attack_and_quantize_print_no_warning(tmp_path):
         if command[0] != "research.fit":  # fit's own output is the test above's
             assert [line for line in done.stderr.splitlines() if "warn" in line.lower()] == [], done.stderr
             assert [noise for noise in NOISE if noise in done.stdout + done.stderr] == []
+
+
+def test_reproduce_prints_no_warning_from_its_runs(tmp_path):
+    """research.reproduce trains through research.fit with its own arguments still in sys.argv."""
+    env = {key: value for key, value in os.environ.items() if "WANDB" not in key}
+    env |= {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    done = subprocess.run([sys.executable, "-m", "research.reproduce", "goodfellow", "--quick", "--out", "out"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text[-3000:]
+    assert [noise for noise in NOISE if noise in text] == [], text

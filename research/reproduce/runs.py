@@ -13,8 +13,10 @@ import hashlib
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
+import unittest.mock
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -59,7 +61,10 @@ def fit_run(config: str, overrides: tuple[str, ...] = (), *, quick: bool = False
             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false"]
     start, cpu_start = time.perf_counter(), time.process_time()
-    cli = main([*args, *(QUICK if quick else [])])
+    # The run's arguments are all in ``args``; research.reproduce's own (the table's name, --out) stay in
+    # sys.argv, where LightningCLI would warn that it got both. Hide them for the run.
+    with unittest.mock.patch.object(sys, "argv", sys.argv[:1]):
+        cli = main([*args, *(QUICK if quick else [])])
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     checkpoint = cli.trainer.checkpoint_callback
     # last.ckpt holds the final step of this run (research.callbacks.ModelCheckpoint, tested)
