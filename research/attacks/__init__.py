@@ -8,6 +8,7 @@ from research.attacks.fgsm import fgsm
 from research.attacks.mode import attack_mode
 from research.attacks.pgd import per_example_cross_entropy, pgd
 from research.attacks.square import square
+from research.attacks.trades import mart_attack, trades_attack
 
 __all__ = [
     "BALLS",
@@ -20,7 +21,9 @@ __all__ = [
     "autoattack_ensemble",
     "fab_targeted",
     "fgsm",
+    "mart_attack",
     "per_example_cross_entropy",
     "pgd",
     "square",
+    "trades_attack",
 ]

@@ -61,7 +61,7 @@ from torch import Tensor, nn
 
 from research.attacks.balls import BALLS, l2_norm
 from research.attacks.mode import attack_mode
-from research.attacks.pgd import _check_args
+from research.attacks.pgd import _check_args, _check_class_labels, _check_target_classes
 
 #: Section 3.1: the first step size is 2 * eps.
 _FIRST_STEP = 2.0
@@ -202,8 +202,7 @@ def apgd_targeted(
 
     """
     _check_apgd_args(x, y, eps=eps, steps=steps, norm=norm, restarts=restarts, rho=rho)
-    if isinstance(target_classes, bool) or not isinstance(target_classes, int) or target_classes < 1:
-        raise ValueError(f"target_classes must be an integer >= 1, got {target_classes!r}")
+    _check_target_classes(target_classes)
     with torch.inference_mode(False), torch.enable_grad(), attack_mode(model, eval_mode=eval_mode):
         attack = _Attack(model, x, y, eps=eps, norm=norm, steps=steps, rho=rho, min_classes=4,
                          what="APGD-T (its targeted DLR loss)")
@@ -414,7 +413,6 @@ def _check_apgd_args(x: Tensor, y: Tensor, *, eps, steps, norm, restarts, rho) -
     """The checks of PGD, and APGD's own: integer labels and a fraction rho."""
     # APGD sets its own step size (2 * eps, then halved); pgd's checker needs a valid placeholder.
     _check_args(x, y, eps=eps, step_size=1.0, steps=steps, norm=norm, random_start=True, restarts=restarts)
-    if y.ndim != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise ValueError(f"y must be (B,) integer class labels, got a {y.dtype} tensor of shape {tuple(y.shape)}")
+    _check_class_labels(y)
     if not (isinstance(rho, int | float) and 0 <= rho <= 1):
         raise ValueError(f"rho must be a fraction in [0, 1] (0.75 in the paper), got {rho!r}")

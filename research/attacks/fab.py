@@ -44,7 +44,7 @@ from einops import rearrange, reduce
 from torch import Tensor, nn
 
 from research.attacks.mode import attack_mode
-from research.attacks.pgd import _check_args
+from research.attacks.pgd import _check_args, _check_class_labels, _check_target_classes
 
 # AutoAttack's floor on the length of a projection step (fab_base.py: ``a0 = max(a0, 1e-8)``).
 _MIN_STEP = 1e-8
@@ -97,16 +97,14 @@ def fab_targeted(
 
     """
     _check_args(x, y, eps=eps, step_size=1.0, steps=steps, norm=norm, random_start=True, restarts=restarts)
-    if isinstance(target_classes, bool) or not isinstance(target_classes, int) or target_classes < 1:
-        raise ValueError(f"target_classes must be an integer >= 1, got {target_classes!r}; AutoAttack uses 9")
+    _check_class_labels(y)
+    _check_target_classes(target_classes)
     if not (isinstance(alpha_max, int | float) and 0 <= alpha_max <= 1):
         raise ValueError(f"alpha_max must be a number in [0, 1], got {alpha_max!r}; AutoAttack uses 0.1")
     if not (isinstance(eta, int | float) and math.isfinite(eta) and eta > 0):
         raise ValueError(f"eta must be a finite number > 0, got {eta!r}; AutoAttack uses 1.05")
     if not (isinstance(beta, int | float) and 0 <= beta <= 1):
         raise ValueError(f"beta must be a number in [0, 1], got {beta!r}; AutoAttack uses 0.9")
-    if y.ndim != 1 or y.is_floating_point() or y.is_complex():
-        raise ValueError(f"y must be (B,) integer class labels, got a {y.dtype} tensor of shape {tuple(y.shape)}")
     # Leave inference mode (a Lightning test step runs in it): the attack needs autograd.
     with torch.inference_mode(False), torch.enable_grad(), attack_mode(model, eval_mode=eval_mode):
         x0 = x.detach().to(torch.promote_types(x.dtype, torch.float32), copy=True)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from research.attacks.balls import BALLS
+from research.attacks.balls import BALLS, L2Ball, LinfBall
 from research.attacks.mode import attack_mode
 
 #: ``loss_fn(logits, y) -> (B,)`` per-example losses; per example so that restarts can pick.
@@ -110,12 +110,8 @@ def pgd(
         best = best_score = best_fooled = None
         for _ in range(restarts):
             x_adv = ball.random_start(x0) if random_start else x0.clone()
-            for _ in range(steps):
-                x_adv.requires_grad_(True)
-                loss = _losses(model, x_adv.to(x.dtype), y, loss_fn)
-                (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-                # Targeted: descend the loss to the target (Kurakin et al. 2017, iterative least-likely class).
-                x_adv = ball.project(x0, ball.step(x_adv.detach(), -grad if targeted else grad, step_size))
+            x_adv = ascend(model, x0, x_adv, y, loss_fn, ball, step_size=step_size, steps=steps, targeted=targeted,
+                           dtype=x.dtype)
             if restarts == 1:
                 best = x_adv
                 break
@@ -136,8 +132,39 @@ def pgd(
         return best.detach().to(x.dtype)
 
 
-def _losses(model: nn.Module, x_adv: Tensor, y: Tensor, loss_fn: LossFn) -> Tensor:
-    return _loss_of(model(x_adv), y, loss_fn, len(x_adv))
+def ascend(model: nn.Module, x0: Tensor, x_adv: Tensor, y: Tensor, loss_fn: LossFn, ball: LinfBall | L2Ball, *,
+           step_size: float, steps: int, targeted: bool = False, dtype: torch.dtype) -> Tensor:
+    """PGD's loop: ``steps`` steps from ``x_adv`` up ``loss_fn(model(x'), y)`` (down when ``targeted``), each projected.
+
+    Shared by :func:`pgd` and the inner maximisations of TRADES and MART
+    (:mod:`research.attacks.trades`), which differ only in their start and loss. The caller has
+    left inference mode and enabled gradients (the model's modes are its business too).
+
+    Args:
+        model: maps images in ``dtype`` to logits.
+        x0: (B, ...) the clean images, centre of the ball, in the perturbation's float dtype.
+        x_adv: (B, ...) the start, same dtype as ``x0``.
+        y: what ``loss_fn`` takes besides the logits (labels, or the clean prediction for TRADES).
+        loss_fn: ``loss_fn(logits, y)`` -> (B,) per-example losses.
+        ball: the threat model (:data:`~research.attacks.balls.BALLS`).
+        step_size: length of each step in the ball's norm.
+        steps: how many steps; 0 returns ``x_adv`` as it is.
+        targeted: descend the loss instead of ascending it.
+        dtype: the dtype the model sees.
+
+    Returns:
+        (B, ...) the last iterate, detached unless ``steps`` is 0, in ``x0``'s dtype.
+
+    Raises:
+        ValueError: a ``loss_fn`` that does not return one loss per example.
+    """
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = _loss_of(model(x_adv.to(dtype)), y, loss_fn, len(x_adv))
+        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        # Targeted: descend the loss to the target (Kurakin et al. 2017, iterative least-likely class).
+        x_adv = ball.project(x0, ball.step(x_adv.detach(), -grad if targeted else grad, step_size))
+    return x_adv
 
 
 def _fooled(logits: Tensor, y: Tensor, targeted: bool) -> Tensor:
@@ -158,8 +185,8 @@ def _loss_of(logits: Tensor, y: Tensor, loss_fn: LossFn, batch: int) -> Tensor:
     return loss.float()
 
 
-def _check_args(x: Tensor, y: Tensor, *, eps, step_size, steps, norm, random_start, restarts) -> None:
-    """Stop early, with what was wrong and what to pass instead."""
+def _check_args(x: Tensor, y: Tensor | None, *, eps, step_size, steps, norm, random_start, restarts) -> None:
+    """Stop early, with what was wrong and what to pass instead (``y`` None: an attack without labels)."""
     if norm not in BALLS:
         raise ValueError(f"unknown norm {norm!r}; use one of {sorted(BALLS)}")
     if not (isinstance(eps, int | float) and math.isfinite(eps) and eps >= 0):
@@ -177,7 +204,7 @@ def _check_args(x: Tensor, y: Tensor, *, eps, step_size, steps, norm, random_sta
     if not (isinstance(x, Tensor) and x.is_floating_point() and x.ndim >= 2 and len(x) > 0):
         got = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"x must be a non-empty floating-point (B, C, H, W) batch of images, got a {got}")
-    if not isinstance(y, Tensor) or y.ndim == 0 or len(y) != len(x):
+    if y is not None and (not isinstance(y, Tensor) or y.ndim == 0 or len(y) != len(x)):
         got = f"shape {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
         raise ValueError(f"y must hold one label per image: x has {len(x)} images, y has {got}")
     lo, hi = torch.aminmax(x.detach())
@@ -186,3 +213,15 @@ def _check_args(x: Tensor, y: Tensor, *, eps, step_size, steps, norm, random_sta
             f"attacks take images in [0, 1], got values in [{lo.item():.4g}, {hi.item():.4g}]. Pass the images "
             "before mean/std normalisation and let the model normalise (as ImageClassification does)."
         )
+
+
+def _check_class_labels(y: Tensor) -> None:
+    """The attacks that read the argmax against ``y`` (APGD, FAB, Square) need (B,) integer class labels."""
+    if y.ndim != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"y must be (B,) integer class labels, got a {y.dtype} tensor of shape {tuple(y.shape)}")
+
+
+def _check_target_classes(target_classes: int) -> None:
+    """How many runner-up classes a targeted attack (APGD-T, FAB-T) tries."""
+    if isinstance(target_classes, bool) or not isinstance(target_classes, int) or target_classes < 1:
+        raise ValueError(f"target_classes must be an integer >= 1, got {target_classes!r}; AutoAttack uses 9")

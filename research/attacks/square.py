@@ -52,7 +52,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from research.attacks.mode import attack_mode
-from research.attacks.pgd import _check_args
+from research.attacks.pgd import _check_args, _check_class_labels
 
 # AutoAttack's guard against dividing by a zero norm (square.py, ``normalize`` and the L2 window norms).
 _TINY = 1e-12
@@ -106,8 +106,7 @@ def square(
         raise ValueError(f"p_init must be a fraction in (0, 1], got {p_init!r}; AutoAttack uses 0.8")
     if x.ndim != 4:
         raise ValueError(f"square attacks (B, C, H, W) image batches, got x of shape {tuple(x.shape)}")
-    if y.ndim != 1 or y.is_floating_point() or y.is_complex():
-        raise ValueError(f"y must be (B,) integer class labels, got a {y.dtype} tensor of shape {tuple(y.shape)}")
+    _check_class_labels(y)
     if norm == "l2" and min(x.shape[-2:]) < 5:
         raise ValueError(
             f"square(norm='l2') needs images of at least 5x5 pixels (its start is a 5x5 grid of squares), "

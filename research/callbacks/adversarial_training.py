@@ -1,7 +1,8 @@
 """Adversarial training for any image task, from the YAML alone (``trainer.callbacks``).
 
 Five recipes; ``pgd`` and ``fgsm_rs`` call :func:`research.attacks.pgd`, ``free`` needs no attack
-pass, ``trades`` and ``mart`` change the loss as well as the input:
+pass, ``trades`` and ``mart`` change the loss as well as the input (their attacks are
+:mod:`research.attacks.trades`):
 
 - ``pgd``: Madry et al. 2018, "Towards Deep Learning Models Resistant to Adversarial Attacks"
   (arXiv:1706.06083): train on PGD-k examples from a random start in the eps ball.
@@ -17,12 +18,12 @@ pass, ``trades`` and ``mart`` change the loss as well as the input:
   Trade-off between Robustness and Accuracy" (ICML 2019, arXiv:1901.08573), eq. 5 and
   Algorithm 1; reference code github.com/yaodongyu/TRADES, ``trades.py``. The task trains on the
   clean batch and the callback adds ``beta * KL(f(x) || f(x_adv))``, x_adv maximising that KL
-  (:func:`trades_attack`).
+  (:func:`research.attacks.trades_attack`).
 - ``mart``: Wang, Zou, Yi, Bailey, Ma & Gu 2020, "Improving Adversarial Robustness Requires
   Revisiting Misclassified Examples" (ICLR 2020), eq. 7; reference code github.com/YisenWang/MART,
   ``mart.py``. The task trains on x_adv (its cross-entropy is the first term of the boosted
   cross-entropy) and the callback adds the boost ``-log(1 - max_{k != y} p_k(x_adv))`` and
-  ``beta * KL(f(x) || f(x_adv)) * (1 - p_y(x))`` (:func:`mart_attack`, :func:`mart_regularizer`).
+  ``beta * KL(f(x) || f(x_adv)) * (1 - p_y(x))`` (:func:`research.attacks.mart_attack`, :func:`mart_regularizer`).
 
 How the batch reaches the task. Lightning hands the same batch object to
 ``on_train_batch_start`` and then to ``training_step`` (``loops/training_epoch_loop.py``), so
@@ -58,7 +59,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
-from research.attacks import BALLS, attack_mode, pgd
+from research.attacks import attack_mode, mart_attack, pgd, trades_attack
 from research.callbacks._batch import image_batch
 
 log = logging.getLogger(__name__)
@@ -66,131 +67,6 @@ log = logging.getLogger(__name__)
 AttackName = Literal["pgd", "fgsm_rs", "free", "trades", "mart"]
 OWNER = "AdversarialTraining"
 _LOSS_RECIPES = ("trades", "mart")  # the recipes that wrap the task's training_step
-# Zhang et al.'s start: x + 0.001 * N(0, I). At x itself the KL is at its minimum and its gradient is zero.
-_START_STD = 0.001
-
-
-# -- the inner maximisations of TRADES and MART ----------------------------------------------
-
-
-def _ascent_from_small_noise(
-    model: nn.Module,
-    x: Tensor,
-    loss_fn: Callable[[Tensor], Tensor],
-    *,
-    eps: float,
-    step_size: float,
-    steps: int,
-    norm: str,
-    eval_mode: bool,
-) -> Tensor:
-    """``steps`` ascent steps of ``loss_fn(model(x'))`` from ``x + 0.001 * N(0, I)``, each projected onto the ball.
-
-    The loop of Zhang et al.'s ``trades_loss`` and Wang et al.'s ``mart_loss``: the start is not
-    clamped (their code feeds ``x + noise`` as it is), every step is projected onto the eps ball
-    and [0, 1]. Steps and projections are :mod:`research.attacks.balls`' (sign for L-inf, as in
-    both references; the normalised gradient for L2). Gradients are taken with respect to the
-    input only, and modes and BatchNorm statistics are restored (:func:`attack_mode`).
-    """
-    _check_attack_args(x, eps=eps, step_size=step_size, steps=steps, norm=norm)
-    ball = BALLS[norm](eps)
-    with torch.inference_mode(False), torch.enable_grad(), attack_mode(model, eval_mode=eval_mode):
-        x0 = x.detach().to(torch.promote_types(x.dtype, torch.float32), copy=True)
-        x_adv = x0 + _START_STD * torch.randn_like(x0)
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            loss = loss_fn(model(x_adv.to(x.dtype))).float()
-            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-            x_adv = ball.project(x0, ball.step(x_adv.detach(), grad, step_size))
-        # steps = 0: the start itself, brought into the ball and [0, 1] as the references' final clamp does
-        return ball.project(x0, x_adv.detach()).to(x.dtype)
-
-
-def _check_attack_args(x: Tensor, *, eps: float, step_size: float, steps: int, norm: str) -> None:
-    """Stop early, with what was wrong (the checks of :func:`research.attacks.pgd` that apply here)."""
-    if norm not in BALLS:
-        raise ValueError(f"unknown norm {norm!r}; use one of {sorted(BALLS)}")
-    if not (isinstance(eps, int | float) and math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps must be a finite number >= 0 (in pixel units of [0, 1] images), got {eps!r}")
-    if not (isinstance(step_size, int | float) and math.isfinite(step_size) and step_size > 0):
-        raise ValueError(f"step_size must be a finite number > 0, got {step_size!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
-    if not (isinstance(x, Tensor) and x.is_floating_point() and x.ndim >= 2 and len(x) > 0):
-        raise ValueError("x must be a non-empty floating-point (B, C, H, W) batch of images in [0, 1]")
-
-
-def trades_attack(
-    model: nn.Module,
-    x: Tensor,
-    *,
-    eps: float,
-    step_size: float,
-    steps: int,
-    norm: str = "linf",
-    eval_mode: bool = True,
-) -> Tensor:
-    """TRADES' inner maximisation: x' in the eps ball that maximises ``KL(f(x) || f(x'))`` (Zhang et al. eq. 5).
-
-    Signed-gradient ascent from ``x + 0.001 * N(0, I)`` (their ``trades_loss``, ``distance='l_inf'``);
-    the label is not used. ``f(x)`` is computed once, in the attack's mode: the reference
-    recomputes it inside every step, with the same result since only the gradient with respect to
-    x' is taken. For ``norm="l2"`` the step is ``step_size`` along the normalised gradient and the
-    projection shrinks onto the ball, then clamps (the reference's L2 branch runs SGD on the
-    perturbation and renormalises after clamping: the same steps, projected in the other order).
-
-    Args:
-        model: maps (B, C, H, W) images in [0, 1] to (B, num_classes) logits.
-        x: (B, C, H, W) clean images in [0, 1].
-        eps: radius of the ball in pixel units.
-        step_size: length of each step (Zhang et al.: 0.007 at eps 0.031 on CIFAR-10, 0.01 at 0.3 on MNIST).
-        steps: ascent steps (10 on CIFAR-10, 40 on MNIST in their code).
-        norm: ``"linf"`` or ``"l2"``.
-        eval_mode: attack in eval mode (the reference does), or in each module's current mode.
-
-    Returns:
-        (B, C, H, W) images in the eps ball around ``x`` and in [0, 1], detached, in ``x``'s dtype.
-
-    Raises:
-        ValueError: an unknown norm, a negative eps or steps, a step_size <= 0, or ``x`` not a batch of images.
-    """
-    _check_attack_args(x, eps=eps, step_size=step_size, steps=steps, norm=norm)
-    with torch.no_grad(), attack_mode(model, eval_mode=eval_mode):
-        clean_log_probs = F.log_softmax(model(x).float(), dim=-1)
-
-    def kl_to_clean(logits: Tensor) -> Tensor:  # (B,): KL(f(x) || f(x')) of each example
-        log_probs = F.log_softmax(logits.float(), dim=-1)
-        return F.kl_div(log_probs, clean_log_probs, log_target=True, reduction="none").sum(-1)
-
-    return _ascent_from_small_noise(
-        model, x, kl_to_clean, eps=eps, step_size=step_size, steps=steps, norm=norm, eval_mode=eval_mode
-    )
-
-
-def mart_attack(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    eps: float,
-    step_size: float,
-    steps: int,
-    norm: str = "linf",
-    eval_mode: bool = True,
-) -> Tensor:
-    """MART's inner maximisation: PGD on the cross-entropy from ``x + 0.001 * N(0, I)`` (Wang et al.'s ``mart_loss``).
-
-    As :func:`research.attacks.pgd` but from Zhang et al.'s small Gaussian start instead of a
-    uniform point of the ball, as the reference does. Args and returns as :func:`trades_attack`,
-    with ``y`` the (B,) labels.
-    """
-
-    def cross_entropy(logits: Tensor) -> Tensor:
-        return F.cross_entropy(logits.float(), y, reduction="none")
-
-    return _ascent_from_small_noise(
-        model, x, cross_entropy, eps=eps, step_size=step_size, steps=steps, norm=norm, eval_mode=eval_mode
-    )
 
 
 # -- the outer losses ------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from attack_setup import AttackWindow, synthetic, tiny_cnn, tiny_task, trainer
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from research.attacks import mart_attack, trades_attack
 from research.callbacks import AdversarialTraining
-from research.callbacks.adversarial_training import mart_attack, trades_attack
 from research.tasks import ImageClassification
 
 EPS = 0.1
