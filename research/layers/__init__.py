@@ -1,7 +1,8 @@
 """Building blocks shared by every model: pure torch + einops, no Lightning.
 
 The one exception: fitting position tables and patch kernels to another size calls timm's
-resampling functions (``timm.layers``), so a converted checkpoint equals timm's.
+resampling functions (``timm.layers``), so a converted checkpoint equals timm's; sizes given as an
+int or a pair go through timm's ``to_2tuple``.
 
 Shape legend used in every docstring:
 
@@ -13,8 +14,10 @@ Shape legend used in every docstring:
 - ``P`` patch size
 """
 
-from research.layers.attention import Attention, KVCache, merge_masks
+from research.layers.attention import Attention, merge_masks, multi_head_attention
 from research.layers.block import Block
+from research.layers.decoder_attention import CausalSelfAttention, CrossAttention, KVCache
+from research.layers.decoder_block import DecoderBlock
 from research.layers.drop_path import DropPath, drop_path
 from research.layers.mlp import Mlp
 from research.layers.patch_embed import PatchEmbed, patchify, resample_patch_embed, unpatchify
@@ -38,6 +41,9 @@ from research.layers.window import (
 __all__ = [
     "Attention",
     "Block",
+    "CausalSelfAttention",
+    "CrossAttention",
+    "DecoderBlock",
     "DepthwiseSeparableConv2d",
     "DropPath",
     "KVCache",
@@ -48,6 +54,7 @@ __all__ = [
     "drop_path",
     "fit_pos_embed",
     "merge_masks",
+    "multi_head_attention",
     "patchify",
     "relative_position_index",
     "resample_patch_embed",

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 from einops import rearrange
 from timm.layers import resample_patch_embed as _timm_resample_patch_embed
+from timm.layers import to_2tuple
 from torch import Tensor, nn
-
-
-def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 class PatchEmbed(nn.Module):
@@ -41,7 +38,7 @@ class PatchEmbed(nn.Module):
         embed_dim: int = 768,
     ) -> None:
         super().__init__()
-        self.img_size = _pair(img_size)
+        self.img_size = to_2tuple(img_size)
         if self.img_size[0] % patch_size or self.img_size[1] % patch_size:
             raise ValueError(
                 f"img_size={self.img_size} is not divisible by patch_size={patch_size}; "
@@ -102,7 +99,7 @@ def resample_patch_embed(weight: Tensor, patch_size: int | tuple[int, int]) -> T
             f"a patch-embedding kernel is (C, in_chans, P, P), got shape {tuple(weight.shape)}; "
             "a checkpoint that stores it as a linear layer must be converted to a conv first"
         )
-    new_size = _pair(patch_size)
+    new_size = to_2tuple(patch_size)
     if tuple(weight.shape[-2:]) == new_size:
         return weight
     return _timm_resample_patch_embed(weight, list(new_size))

@@ -20,13 +20,9 @@ import warnings
 
 import torch
 from einops import rearrange
-from timm.layers import resample_abs_pos_embed
+from timm.layers import resample_abs_pos_embed, to_2tuple
 from timm.layers import resize_rel_pos_bias_table as _timm_resize_rel_pos_bias_table
 from torch import Tensor
-
-
-def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def _sin_cos(pos: Tensor, dim: int) -> tuple[Tensor, Tensor]:
@@ -79,7 +75,7 @@ def sincos_pos_embed_2d(grid_size: int | tuple[int, int], dim: int, *, num_prefi
     """
     if dim % 4:
         raise ValueError(f"2D sin-cos encodings need dim to be a multiple of 4, got dim={dim}")
-    gh, gw = _pair(grid_size)
+    gh, gw = to_2tuple(grid_size)
     rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
     emb = torch.cat([*_sin_cos(cols.flatten(), dim // 2), *_sin_cos(rows.flatten(), dim // 2)], dim=1)
     return torch.cat([emb.new_zeros(num_prefix_tokens, dim), emb]).float()
@@ -115,7 +111,7 @@ def resample_pos_embed(
         ValueError: ``old_grid`` is omitted and H*W is not a square, or ``old_grid`` does not fit the table.
 
     """
-    new_grid = _pair(new_grid)
+    new_grid = to_2tuple(new_grid)
     num_old = pos_embed.shape[1] - num_prefix_tokens
     if old_grid is None:
         side = math.isqrt(num_old)
@@ -124,7 +120,7 @@ def resample_pos_embed(
                 f"pos_embed has {num_old} grid positions, not a square grid; pass old_grid=(rows, cols)"
             )
         old_grid = (side, side)
-    old_grid = _pair(old_grid)
+    old_grid = to_2tuple(old_grid)
     if old_grid[0] * old_grid[1] != num_old:
         raise ValueError(f"old_grid={old_grid} does not fit pos_embed's {num_old} grid positions")
     if old_grid == new_grid:
@@ -199,10 +195,10 @@ def fit_pos_embed(
             checkpoint of this very model is not, and needs ``source_grid=(4, 16)``).
 
     """
-    grid = _pair(grid)
+    grid = to_2tuple(grid)
     num = pos_embed.shape[1] - num_prefix_tokens
     if source_grid is not None:
-        source_grid = _pair(source_grid)
+        source_grid = to_2tuple(source_grid)
         if source_grid[0] * source_grid[1] != num:
             raise ValueError(
                 f"source_grid={source_grid} has {source_grid[0] * source_grid[1]} positions but the "
@@ -260,7 +256,7 @@ def resize_rel_pos_bias_table(
             ``old_window`` does not fit the table.
 
     """
-    window = _pair(window)
+    window = to_2tuple(window)
     rows = table.shape[0]
     if old_window is None:
         side = math.isqrt(rows)
@@ -271,7 +267,7 @@ def resize_rel_pos_bias_table(
                 "img_size and window_size"
             )
         old_window = ((side + 1) // 2,) * 2
-    old_window = _pair(old_window)
+    old_window = to_2tuple(old_window)
     if (2 * old_window[0] - 1) * (2 * old_window[1] - 1) != rows:
         raise ValueError(f"old_window={old_window} does not fit a relative position bias table of {rows} rows")
     if old_window == window:

@@ -18,13 +18,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
+from timm.layers import to_2tuple
 from torch import Tensor, nn
 
 from research.layers.attention import Attention
-
-
-def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def window_partition(x: Tensor, window_size: int | tuple[int, int]) -> Tensor:
@@ -39,7 +36,7 @@ def window_partition(x: Tensor, window_size: int | tuple[int, int]) -> Tensor:
         tokens in row-major order within each window; nW = (H / Mh) * (W / Mw).
 
     """
-    mh, mw = _pair(window_size)
+    mh, mw = to_2tuple(window_size)
     if x.dim() != 4 or x.shape[1] % mh or x.shape[2] % mw:
         raise ValueError(
             f"window_partition needs (B, H, W, C) with H, W multiples of the window {mh}x{mw}; "
@@ -61,7 +58,7 @@ def window_reverse(windows: Tensor, window_size: int | tuple[int, int], height: 
         (B, H, W, C).
 
     """
-    mh, mw = _pair(window_size)
+    mh, mw = to_2tuple(window_size)
     if height % mh or width % mw or windows.dim() != 3 or windows.shape[1] != mh * mw:
         raise ValueError(
             f"window_reverse needs (B * nW, {mh * mw}, C) windows of a {height}x{width} map that the "
@@ -93,8 +90,8 @@ def relative_position_index(
         Long tensor (Mh*Mw, Mh*Mw) of rows in [0, (2Th-1)(2Tw-1)).
 
     """
-    mh, mw = _pair(window_size)
-    th, tw = _pair(table_size) if table_size is not None else (mh, mw)
+    mh, mw = to_2tuple(window_size)
+    th, tw = to_2tuple(table_size) if table_size is not None else (mh, mw)
     if mh > th or mw > tw:
         raise ValueError(f"a {mh}x{mw} window does not fit a bias table built for {th}x{tw} windows")
     rows = torch.arange(mh, device=device).repeat_interleave(mw)  # (N,) row of each token, row-major
@@ -132,7 +129,7 @@ def cyclic_shift_mask(
         in :func:`window_partition` order.
 
     """
-    (mh, mw), (sh, sw) = _pair(window_size), _pair(shift_size)
+    (mh, mw), (sh, sw) = to_2tuple(window_size), to_2tuple(shift_size)
     if height % mh or width % mw or not (0 <= sh < mh and 0 <= sw < mw):
         raise ValueError(
             f"cyclic_shift_mask needs a {height}x{width} map tiled by the {mh}x{mw} window and shifts in "
@@ -163,25 +160,15 @@ class WindowAttention(Attention):
         num_heads: attention heads h.
         window_size: M or (Mh, Mw): the largest window, which sizes the bias table.
         shifted: SW-MSA (roll the map by floor(M/2) first) instead of W-MSA.
-        qkv_bias: learn a bias in the ``qkv`` projection.
-        attn_drop: dropout on the attention weights.
-        proj_drop: dropout after the output projection.
+        **attn_args: ``qkv_bias``, ``attn_drop``, ``proj_drop`` of :class:`~research.layers.Attention`.
 
     """
 
     def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        *,
-        window_size: int | tuple[int, int],
-        shifted: bool = False,
-        qkv_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
+        self, dim: int, num_heads: int, *, window_size: int | tuple[int, int], shifted: bool = False, **attn_args
     ) -> None:
-        super().__init__(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
-        self.window_size = _pair(window_size)
+        super().__init__(dim, num_heads, **attn_args)
+        self.window_size = to_2tuple(window_size)
         if min(self.window_size) < 1:
             raise ValueError(f"window_size must be positive, got {window_size}")
         self.shifted = shifted

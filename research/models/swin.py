@@ -1,9 +1,10 @@
 """Swin Transformer (Liu et al. 2021, "Hierarchical Vision Transformer using Shifted Windows", arXiv 2103.14030).
 
 Built as in the paper's Sec. 3.1 (Fig. 3a): a 4x4 patch partition with a linear embedding, then
-four stages of Swin blocks that alternate W-MSA and SW-MSA (:class:`~research.layers.WindowAttention`,
-the shared attention with a relative position bias), each stage after the first opening with a
-patch merging that halves the map and doubles the width; global average pooling and a linear head.
+four stages of Swin blocks (the shared pre-norm :class:`~research.layers.Block`) that alternate W-MSA
+and SW-MSA (:class:`~research.layers.WindowAttention`, the shared attention with a relative position
+bias), each stage after the first opening with a patch merging that halves the map and doubles the
+width; global average pooling and a linear head.
 
 Reference we match: timm's ``SwinTransformer`` (``timm/models/swin_transformer.py``), whose
 state_dicts load strict through ``research.models.import_weights`` (layout "timm") and give the same
@@ -27,79 +28,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from research.layers import DropPath, Mlp, PatchEmbed, WindowAttention, resample_patch_embed, resize_rel_pos_bias_table
+from research.layers import Block, PatchEmbed, WindowAttention, resample_patch_embed, resize_rel_pos_bias_table
 from research.models.registry import register_model
 from research.models.weights import StateDict, register_layout, register_resize
-
-
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-class SwinBlock(nn.Module):
-    """Swin block (Eq. 3): x += (S)W-MSA(LN(x)); x += MLP(LN(x)), each branch through drop path.
-
-    Submodule names are timm's (``norm1``, ``attn``, ``norm2``, ``mlp``).
-
-    Args:
-        dim: token width C.
-        num_heads: attention heads.
-        window_size: M or (Mh, Mw).
-        shifted: SW-MSA instead of W-MSA.
-        mlp_ratio: MLP hidden width / C.
-        qkv_bias: learn a bias in the qkv projection.
-        drop: dropout after the attention projection and in the MLP.
-        attn_drop: dropout on the attention weights.
-        drop_path: stochastic depth probability of each residual branch.
-
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        *,
-        window_size: int | tuple[int, int],
-        shifted: bool = False,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(
-            dim,
-            num_heads,
-            window_size=window_size,
-            shifted=shifted,
-            qkv_bias=qkv_bias,
-            attn_drop=attn_drop,
-            proj_drop=drop,
-        )
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Run the block on a feature map.
-
-        Args:
-            x: (B, H, W, C).
-
-        Returns:
-            (B, H, W, C).
-
-        """
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class PatchMerging(nn.Module):
@@ -144,7 +82,7 @@ class SwinStage(nn.Module):
         window_size: (Mh, Mw) of this stage.
         downsample: open with a :class:`PatchMerging` from width ``dim // 2``.
         drop_path: one stochastic depth probability per block.
-        **block_kwargs: :class:`SwinBlock` arguments shared by every block.
+        **block_kwargs: :class:`~research.layers.Block` arguments shared by every block.
 
     """
 
@@ -163,8 +101,13 @@ class SwinStage(nn.Module):
         self.downsample = PatchMerging(dim // 2) if downsample else nn.Identity()
         self.blocks = nn.Sequential(
             *(
-                SwinBlock(
-                    dim, num_heads, window_size=window_size, shifted=i % 2 == 1, drop_path=drop_path[i], **block_kwargs
+                # Eq. 3: x += (S)W-MSA(LN(x)); x += MLP(LN(x)), the pre-norm block around a window attention
+                Block(
+                    dim,
+                    num_heads,
+                    attn_layer=partial(WindowAttention, window_size=window_size, shifted=i % 2 == 1),
+                    drop_path=drop_path[i],
+                    **block_kwargs,
                 )
                 for i in range(depth)
             )
@@ -226,8 +169,6 @@ class SwinTransformer(nn.Module):
             raise ValueError(
                 f"depths {tuple(depths)} and num_heads {tuple(num_heads)} need one entry per stage, the same number"
             )
-        if window_size < 1:
-            raise ValueError(f"window_size must be positive, got {window_size}")
         self.num_classes = num_classes
         self.embed_dim = embed_dim
         self.patch_size = patch_size
@@ -255,7 +196,7 @@ class SwinTransformer(nn.Module):
                     drop_path=rates[sum(depths[:i]) : sum(depths[: i + 1])],
                     mlp_ratio=mlp_ratio,
                     qkv_bias=qkv_bias,
-                    drop=drop_rate,
+                    proj_drop=drop_rate,
                     attn_drop=attn_drop_rate,
                 )
             )

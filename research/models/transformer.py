@@ -3,8 +3,9 @@
 References we follow: the paper (Sec. 3, Table 3) and, where it is silent, fairseq's
 ``transformer_wmt_en_de`` / tensor2tensor: embeddings initialised N(0, d^-1/2) so that the
 sqrt(d)-scaled inputs have unit variance, Xavier-uniform linear layers, no bias on the output
-projection. Built from the shared :class:`~research.layers.Block` (post-norm as in the paper, or
-pre-norm with a final LayerNorm after each stack) and :class:`~research.layers.Attention`.
+projection. The encoder is built from the shared :class:`~research.layers.Block`, the decoder from
+:class:`~research.layers.DecoderBlock` (post-norm as in the paper, or pre-norm with a final
+LayerNorm after each stack).
 
 Deviations and choices:
 
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from research.layers import Attention, Block, KVCache, sincos_pos_embed_1d
+from research.layers import Block, DecoderBlock, KVCache, sincos_pos_embed_1d
 from research.models.registry import register_model
 
 
@@ -118,25 +119,24 @@ class Transformer(nn.Module):
             norm_first=norm_first,
         )
         self.encoder = nn.ModuleList(Block(dim, num_heads, **block_args) for _ in range(encoder_depth))
-        self.decoder = nn.ModuleList(
-            Block(dim, num_heads, cross_attention=True, **block_args) for _ in range(decoder_depth)
-        )
+        self.decoder = nn.ModuleList(DecoderBlock(dim, num_heads, **block_args) for _ in range(decoder_depth))
         # Post-norm blocks end in a LayerNorm already; pre-norm stacks need one after the last block.
         self.encoder_norm = nn.LayerNorm(dim) if norm_first else nn.Identity()
         self.decoder_norm = nn.LayerNorm(dim) if norm_first else nn.Identity()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Xavier-uniform linear layers (per q/k/v slice of the fused qkv), zero biases, N(0, d^-1/2) embeddings."""
+        """Xavier-uniform linear layers (per q/k/v slice of a fused one), zero biases, N(0, d^-1/2) embeddings."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-            if isinstance(module, Attention):
-                # q, k and v are separate (C, C) maps in the paper; initialise each slice of the fused
-                # (3C, C) weight as its own matrix, as fairseq does with its three projections.
-                for part in module.qkv.weight.data.split(self.dim):
+        # q, k and v are separate (C, C) maps in the paper; initialise each (C, C) slice of the fused
+        # qkv (3C, C) and kv (2C, C) weights as its own matrix, as fairseq does with its three projections.
+        for name, param in self.named_parameters():
+            if name.endswith("kv.weight"):  # attn.qkv and cross_attn.kv
+                for part in param.data.split(self.dim):
                     nn.init.xavier_uniform_(part)
         # With inputs scaled by sqrt(d) (Sec. 3.4) this gives unit-variance token embeddings.
         nn.init.normal_(self.embed.weight, std=self.dim**-0.5)
@@ -197,7 +197,6 @@ class Transformer(nn.Module):
                 x,
                 memory.states,
                 context_padding_mask=memory.padding_mask,
-                is_causal=True,
                 cache=self_kv,
                 context_cache=cross_kv,
             )

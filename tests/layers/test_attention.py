@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from research.layers import Attention
+from research.layers import Attention, CrossAttention
 
 B, N, NK, DIM, HEADS = 2, 5, 7, 16, 4
 
@@ -15,10 +15,14 @@ def naive_attention(q, k, v, bias):
 
 
 def reference(attn, x, context=None, bias=0.0):
-    """Our Attention written out by hand: slice the fused qkv weight, split heads with view/transpose."""
+    """Our Attention or CrossAttention written out by hand: slice fused weights, split heads with view/transpose."""
     context = x if context is None else context
-    w_q, w_k, w_v = attn.qkv.weight.chunk(3)
-    b_q, b_k, b_v = attn.qkv.bias.chunk(3)
+    if isinstance(attn, CrossAttention):
+        w_q, b_q = attn.q.weight, attn.q.bias
+        (w_k, w_v), (b_k, b_v) = attn.kv.weight.chunk(2), attn.kv.bias.chunk(2)
+    else:
+        w_q, w_k, w_v = attn.qkv.weight.chunk(3)
+        b_q, b_k, b_v = attn.qkv.bias.chunk(3)
 
     def heads(t):  # (B, n, C) -> (B, h, n, d)
         return t.view(t.shape[0], t.shape[1], HEADS, DIM // HEADS).transpose(1, 2)
@@ -40,6 +44,12 @@ def padding_bias(pad):
 def attn():
     torch.manual_seed(0)
     return Attention(DIM, HEADS).eval()
+
+
+@pytest.fixture
+def cross():
+    torch.manual_seed(0)
+    return CrossAttention(DIM, HEADS).eval()
 
 
 @pytest.fixture
@@ -69,23 +79,23 @@ def test_self_attention(attn, x):
     torch.testing.assert_close(attn(x), reference(attn, x))
 
 
-def test_cross_attention_uses_the_same_weights(attn, x, context):
-    torch.testing.assert_close(attn(x, context), reference(attn, x, context))
+def test_cross_attention(cross, x, context):
+    torch.testing.assert_close(cross(x, context), reference(cross, x, context))
 
 
 def test_causal(attn, x):
     torch.testing.assert_close(attn(x, is_causal=True), reference(attn, x, bias=causal_bias(N, N)))
 
 
-def test_causal_cross_attention_is_top_left_aligned(attn, x, context):
-    out = attn(x, context, is_causal=True)
-    torch.testing.assert_close(out, reference(attn, x, context, bias=causal_bias(N, NK)))
+def test_causal_cross_attention_is_top_left_aligned(cross, x, context):
+    out = cross(x, context, is_causal=True)
+    torch.testing.assert_close(out, reference(cross, x, context, bias=causal_bias(N, NK)))
 
 
-def test_key_padding_mask(attn, x, context):
+def test_key_padding_mask(cross, x, context):
     pad = pad_mask(NK)
-    out = attn(x, context, key_padding_mask=pad)
-    torch.testing.assert_close(out, reference(attn, x, context, bias=padding_bias(pad)))
+    out = cross(x, context, key_padding_mask=pad)
+    torch.testing.assert_close(out, reference(cross, x, context, bias=padding_bias(pad)))
 
 
 @pytest.mark.parametrize("bias_shape", [(N, N), (HEADS, N, N), (B, HEADS, N, N), (B, 1, 1, N)])
@@ -124,19 +134,29 @@ def test_causal_outputs_ignore_the_future(attn, x):
     assert not torch.allclose(out[:, t + 1 :], out_perturbed[:, t + 1 :])
 
 
-def test_padded_keys_do_not_affect_outputs(attn, x, context):
+def test_padded_keys_do_not_affect_outputs(cross, x, context):
     pad = pad_mask(NK)
     changed = context.clone()
     changed[pad] = torch.randn_like(changed[pad]) * 10
-    torch.testing.assert_close(attn(x, context, key_padding_mask=pad), attn(x, changed, key_padding_mask=pad))
+    torch.testing.assert_close(cross(x, context, key_padding_mask=pad), cross(x, changed, key_padding_mask=pad))
     # ...and sample 0 sees exactly what it would see without the padding tokens at all.
-    torch.testing.assert_close(attn(x, context, key_padding_mask=pad)[:1], attn(x[:1], context[:1, :-2]))
+    torch.testing.assert_close(cross(x, context, key_padding_mask=pad)[:1], cross(x[:1], context[:1, :-2]))
 
 
-def test_cross_attention_trains_the_whole_fused_weight(attn, x, context):
-    attn(x, context).sum().backward()
-    grad_q, grad_k, grad_v = attn.qkv.weight.grad.chunk(3)
+def test_cross_attention_trains_every_projection(cross, x, context):
+    cross(x, context).sum().backward()
+    grad_q, (grad_k, grad_v) = cross.q.weight.grad, cross.kv.weight.grad.chunk(2)
     assert all(g.abs().sum() > 0 for g in (grad_q, grad_k, grad_v))
+
+
+def test_cross_attention_reads_a_checkpoint_with_one_fused_qkv(cross, x, context):
+    # Translation checkpoints saved before q and kv were split hold one (3C, C) qkv: rows q, k, v.
+    fused = {k: v for k, v in cross.state_dict().items() if not k.startswith(("q.", "kv."))}
+    fused["qkv.weight"] = torch.cat([cross.q.weight, cross.kv.weight]).detach()
+    fused["qkv.bias"] = torch.cat([cross.q.bias, cross.kv.bias]).detach()
+    loaded = CrossAttention(DIM, HEADS).eval()
+    loaded.load_state_dict(fused, strict=True)
+    torch.testing.assert_close(loaded(x, context), cross(x, context))
 
 
 def test_attention_dropout_only_in_training():
@@ -148,9 +168,10 @@ def test_attention_dropout_only_in_training():
     torch.testing.assert_close(attn(x), attn(x))
 
 
-def test_dim_not_divisible_by_heads():
+@pytest.mark.parametrize("cls", [Attention, CrossAttention])
+def test_dim_not_divisible_by_heads(cls):
     with pytest.raises(ValueError, match="dim=10 must be divisible by num_heads=4"):
-        Attention(10, 4)
+        cls(10, 4)
 
 
 @pytest.mark.parametrize("shape", [(N, N + 1), (3, HEADS, N, N), (1, 1, 1, N, N)])

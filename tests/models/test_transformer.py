@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from research.layers import Attention, KVCache, sincos_pos_embed_1d
+from research.layers import sincos_pos_embed_1d
 from research.models import build_model, create_model, import_weights
 from research.models.transformer import Transformer
 
@@ -150,19 +150,6 @@ def test_reordered_cache_and_memory_decode_like_a_reordered_batch(batch):
     cache = model.reorder_cache(cache, order)
     logits, _ = model.decode(tgt[order, 4:], model.select_memory(memory, order), cache)
     torch.testing.assert_close(logits, model(src[order], tgt[order])[:, 4:], rtol=1e-5, atol=1e-5)
-
-
-def test_attention_kv_cache_self_and_cross():
-    attn = Attention(16, 2).eval()
-    x, context = torch.randn(2, 5, 16), torch.randn(2, 4, 16)
-    cache = KVCache()
-    steps = [attn(x[:, i : i + 1], is_causal=True, cache=cache) for i in range(5)]
-    torch.testing.assert_close(torch.cat(steps, dim=1), attn(x, is_causal=True), rtol=1e-5, atol=1e-5)
-    cross = KVCache()
-    first = attn(x[:, :2], context, cache=cross)
-    # a filled cross-attention cache is used instead of the context it was computed from
-    torch.testing.assert_close(attn(x[:, :2], torch.zeros_like(context), cache=cross), first)
-    assert len(cross) == 4 and len(cross.index_select(torch.tensor([1]))) == 4
 
 
 def test_weights_load_at_another_max_length_with_the_sinusoids_recomputed():
