@@ -82,6 +82,6 @@ class MLPRegressor(nn.Module):
 
 
 @register_model
-def mlp(**kwargs) -> MLPRegressor:
+def mlp_regressor(**kwargs) -> MLPRegressor:
     """An MLP regressor; the defaults (1 -> 64 -> 64 -> 1, tanh) fit sin x on [-2 pi, 2 pi]."""
     return MLPRegressor(**kwargs)

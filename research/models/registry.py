@@ -14,6 +14,8 @@ from collections.abc import Callable
 from torch import nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+#: old name -> current name, for the configs saved in checkpoints under the old one (not listed)
+_RENAMED = {"mlp": "mlp_regressor"}
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -37,6 +39,7 @@ def create_model(name: str, **overrides) -> nn.Module:
         ValueError: unknown name (the message lists close matches), or an override the model
             does not take.
     """
+    name = _RENAMED.get(name, name)
     if name not in _MODELS:
         close = difflib.get_close_matches(name, _MODELS, n=3, cutoff=0.5)
         hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""

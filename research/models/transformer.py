@@ -102,8 +102,6 @@ class Transformer(nn.Module):
         super().__init__()
         if not 0 <= pad_id < vocab_size:
             raise ValueError(f"pad_id={pad_id} is not a token id of a vocabulary of size {vocab_size}")
-        if dim % 2:
-            raise ValueError(f"sinusoidal positions need an even dim, got dim={dim}")
         self.vocab_size = vocab_size
         self.pad_id = pad_id
         self.dim = dim

@@ -66,3 +66,9 @@ def test_build_model_from_a_config_spec():
     assert build_model(module) is module
     with pytest.raises(ValueError, match="needs a 'name' key"):
         build_model({"num_classes": 7})
+
+
+def test_a_renamed_model_still_builds_under_its_old_name():
+    # Checkpoints saved before the rename carry {"name": "mlp"} in their hyperparameters.
+    assert "mlp" not in list_models() and "mlp_regressor" in list_models()
+    assert type(create_model("mlp")) is type(create_model("mlp_regressor"))
