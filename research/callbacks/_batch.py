@@ -5,14 +5,27 @@ The three attack callbacks (:mod:`~research.callbacks.adversarial_training`,
 work on any task whose batches are ``(images, labels, ...)``: float images (B, C, H, W) in
 [0, 1] (ARCHITECTURE.md: a task normalises them itself, so epsilon is in pixel units) and
 integer class labels (B,). Anything else stops with a message that names the callback.
+The two that attack evaluation examples keep the same few of them every epoch
+(:class:`EvaluationSubsetCallback`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor
+
+Stage = Literal["val", "test"]
+
+
+def check_at_least_one(owner: str, **values: int) -> None:
+    """Stop with ``<owner>: <name> must be >= 1`` for the first of ``values`` below 1 (counts, sizes, periods)."""
+    for name, value in values.items():
+        if value < 1:
+            raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
 
 
 def image_batch(batch: Any, *, owner: str, check_range: bool = True) -> tuple[Tensor, Tensor]:
@@ -106,3 +119,64 @@ class FixedSubset:
         kept = sorted(self._kept, key=lambda item: item[0])
         with torch.inference_mode(False):
             return torch.stack([x for _, x, _ in kept]).clone(), torch.stack([y for _, _, y in kept]).clone()
+
+
+class EvaluationSubsetCallback(Callback):
+    """A callback that works on the same fixed subset of validation (test) examples at every epoch.
+
+    The subset is a :class:`FixedSubset` of the first validation (test) epoch, the sanity check
+    not counted, of the first dataloader. At the end of every ``every_n_epochs``-th validation
+    epoch (and of any validation outside ``fit``) and of every test, :meth:`evaluate` is called
+    with the stage. With ``rank_zero_only`` only global rank 0 gathers and evaluates; otherwise
+    each rank samples its own shard.
+
+    Subclasses set :attr:`owner` (the name in messages) and implement :meth:`subset_size` and
+    :meth:`evaluate`, which reads the subset with ``self._subsets[stage].tensors()``.
+    """
+
+    owner = "EvaluationSubsetCallback"
+
+    def __init__(self, *, every_n_epochs: int, rank_zero_only: bool) -> None:
+        self.every_n_epochs, self.rank_zero_only = every_n_epochs, rank_zero_only
+        self._subsets: dict[Stage, FixedSubset] = {}
+
+    def subset_size(self, trainer: L.Trainer) -> int:
+        """How many examples this process keeps."""
+        raise NotImplementedError
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: Stage) -> None:
+        """Work on ``self._subsets[stage]``, at the end of an epoch that is due."""
+        raise NotImplementedError
+
+    def _active(self, trainer: L.Trainer) -> bool:
+        return trainer.is_global_zero or not self.rank_zero_only
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for name in ("val", "test"):
+            self._subsets.setdefault(name, FixedSubset(count=self.subset_size(trainer), owner=self.owner))
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._active(trainer) and not trainer.sanity_checking and dataloader_idx == 0:
+            self._subsets["val"].add(batch)
+
+    def on_test_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._active(trainer) and dataloader_idx == 0:
+            self._subsets["test"].add(batch)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not self._active(trainer):
+            return
+        self._subsets["val"].close()
+        if trainer.current_epoch % self.every_n_epochs == 0 or trainer.state.fn != "fit":
+            self.evaluate(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._active(trainer):
+            self._subsets["test"].close()
+            self.evaluate(trainer, pl_module, "test")

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import lightning as L
 import torch
 from einops import rearrange
-from lightning.pytorch.callbacks import Callback
 from PIL import Image, ImageDraw
 from torch import Tensor
 
 from research.attacks import fgsm, pgd
-from research.callbacks._batch import FixedSubset
+from research.callbacks._batch import EvaluationSubsetCallback, Stage, check_at_least_one
 from research.callbacks._pictures import log_picture, run_folder
 
 OWNER = "AdversarialExamples"
@@ -90,7 +89,7 @@ def _to_pil(image: Tensor) -> Image.Image:
     return Image.fromarray(rearrange(pixels, "c h w -> h w c").cpu().numpy(), mode="RGB")
 
 
-class AdversarialExamples(Callback):
+class AdversarialExamples(EvaluationSubsetCallback):
     """Save a picture of adversarial examples as PNG in the run folder, and log it to wandb.
 
     At the end of every ``every_n_epochs``-th validation epoch and of every test,
@@ -119,6 +118,8 @@ class AdversarialExamples(Callback):
             (images in [0, 1], integer labels).
     """
 
+    owner = OWNER
+
     def __init__(
         self,
         *,
@@ -138,51 +139,23 @@ class AdversarialExamples(Callback):
             raise ValueError(f"{OWNER}: unknown attack {attack!r}; choose 'pgd' or 'fgsm'")
         if norm not in ("linf", "l2") or (attack == "fgsm" and norm != "linf"):
             raise ValueError(f"{OWNER}: norm must be 'linf' or 'l2' ('linf' for fgsm), got {norm!r}")
-        for name, value in (
-            ("steps", steps),
-            ("num_examples", num_examples),
-            ("cell_size", cell_size),
-            ("every_n_epochs", every_n_epochs),
-        ):
-            if value < 1:
-                raise ValueError(f"{OWNER}: {name} must be >= 1, got {value}")
+        check_at_least_one(OWNER, steps=steps, num_examples=num_examples, cell_size=cell_size,
+                           every_n_epochs=every_n_epochs)
         if step_size is not None and not step_size > 0:
             raise ValueError(f"{OWNER}: step_size must be > 0, got {step_size}")
+        super().__init__(every_n_epochs=every_n_epochs, rank_zero_only=True)
         self.eps, self.attack, self.steps, self.norm = eps, attack, steps, norm
         self.step_size = 2.5 * eps / steps if step_size is None else step_size
-        self.num_examples, self.cell_size, self.every_n_epochs = num_examples, cell_size, every_n_epochs
+        self.num_examples, self.cell_size = num_examples, cell_size
         self.dirpath = Path(dirpath) if dirpath is not None else None
-        self._examples = {stage: FixedSubset(count=num_examples, owner=OWNER) for stage in ("val", "test")}
         self.last_path: Path | None = None
 
-    def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if trainer.is_global_zero and not trainer.sanity_checking and dataloader_idx == 0:
-            self._examples["val"].add(batch)
+    def subset_size(self, trainer: L.Trainer) -> int:
+        return self.num_examples
 
-    def on_test_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if trainer.is_global_zero and dataloader_idx == 0:
-            self._examples["test"].add(batch)
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        self._examples["val"].close()
-        if trainer.current_epoch % self.every_n_epochs == 0 or trainer.state.fn != "fit":
-            self._save(trainer, pl_module, "val")
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
-            self._examples["test"].close()
-            self._save(trainer, pl_module, "test")
-
-    def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        x, y = self._examples[stage].tensors()
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: Stage) -> None:
+        """Attack the kept examples, draw them, save the PNG and send it to wandb."""
+        x, y = self._subsets[stage].tensors()
         x, y = x.to(pl_module.device), y.to(pl_module.device)
         plugin = trainer.precision_plugin
         with plugin.val_step_context() if stage == "val" else plugin.test_step_context():

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from research.attacks import apgd, autoattack, fgsm, pgd
-from research.callbacks._batch import FixedSubset
+from research.callbacks._batch import EvaluationSubsetCallback, Stage, check_at_least_one
 
 OWNER = "RobustEvaluation"
-Stage = Literal["val", "test"]
 AttackName = Literal["pgd", "apgd", "autoattack"]
 
 
-class RobustEvaluation(Callback):
+class RobustEvaluation(EvaluationSubsetCallback):
     """Log ``{val,test}/robust_acc`` and its parts on a fixed subset, at the end of validation and test epochs.
 
     Logged, as fractions of the subset:
@@ -31,7 +29,7 @@ class RobustEvaluation(Callback):
       figure is an upper bound on it.
 
     An example counts as robust only if it is correct clean and under the attack (an attacker may
-    always submit the clean image, which lies in every ball), as AutoAttack and ``research.attack``
+    always submit the clean image, which lies in every ball), as AutoAttack and ``python -m research attack``
     count; so no robust accuracy exceeds ``subset_clean_acc``.
 
     The subset: ``num_samples`` examples drawn at random (seeded,
@@ -69,6 +67,8 @@ class RobustEvaluation(Callback):
             (images in [0, 1], integer labels), or a model that needs ``inference_mode: false``.
     """
 
+    owner = OWNER
+
     def __init__(
         self,
         *,
@@ -89,64 +89,26 @@ class RobustEvaluation(Callback):
             raise ValueError(f"{OWNER}: unknown norm {norm!r}; choose 'linf' or 'l2'")
         if attack not in ("pgd", "apgd", "autoattack"):
             raise ValueError(f"{OWNER}: unknown attack {attack!r}; choose 'pgd', 'apgd' or 'autoattack'")
-        for name, value in (
-            ("num_samples", num_samples),
-            ("pgd_steps", pgd_steps),
-            ("apgd_steps", apgd_steps),
-            ("restarts", restarts),
-            ("batch_size", batch_size),
-            ("every_n_epochs", every_n_epochs),
-        ):
-            if value < 1:
-                raise ValueError(f"{OWNER}: {name} must be >= 1, got {value}")
+        check_at_least_one(OWNER, num_samples=num_samples, pgd_steps=pgd_steps, apgd_steps=apgd_steps,
+                           restarts=restarts, batch_size=batch_size, every_n_epochs=every_n_epochs)
         if pgd_step_size is not None and not pgd_step_size > 0:
             raise ValueError(f"{OWNER}: pgd_step_size must be > 0, got {pgd_step_size}")
+        super().__init__(every_n_epochs=every_n_epochs, rank_zero_only=False)
         self.eps, self.norm, self.restarts, self.attack = eps, norm, restarts, attack
-        self.num_samples, self.batch_size, self.every_n_epochs = num_samples, batch_size, every_n_epochs
+        self.num_samples, self.batch_size = num_samples, batch_size
         self.pgd_steps, self.apgd_steps = pgd_steps, apgd_steps
         self.pgd_step_size = 2.5 * eps / pgd_steps if pgd_step_size is None else pgd_step_size
-        self._subsets: dict[Stage, FixedSubset] = {}
 
     @property
     def names(self) -> list[str]:
         """The attacks run, in order: each is logged as ``robust_acc_<name>``."""
         return (["fgsm"] if self.norm == "linf" else []) + ["pgd"] + ([self.attack] if self.attack != "pgd" else [])
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        per_rank = -(-self.num_samples // trainer.world_size)
-        for name in ("val", "test"):
-            self._subsets.setdefault(name, FixedSubset(count=per_rank, owner=OWNER))
+    def subset_size(self, trainer: L.Trainer) -> int:
+        return -(-self.num_samples // trainer.world_size)  # per rank: ceil(num_samples / world_size)
 
-    # -- gathering the subset ----------------------------------------------------------------
-
-    def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if not trainer.sanity_checking and dataloader_idx == 0:
-            self._subsets["val"].add(batch)
-
-    def on_test_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if dataloader_idx == 0:
-            self._subsets["test"].add(batch)
-
-    # -- attacking it ------------------------------------------------------------------------
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self._subsets["val"].close()
-        if trainer.current_epoch % self.every_n_epochs == 0 or trainer.state.fn != "fit":
-            self._evaluate(trainer, pl_module, "val")
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._subsets["test"].close()
-        self._evaluate(trainer, pl_module, "test")
-
-    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: Stage) -> None:
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: Stage) -> None:
+        """Attack the kept examples in batches and log the accuracies, counts summed over ranks."""
         images, labels = self._subsets[stage].tensors()
         images, labels = images.to(pl_module.device), labels.to(pl_module.device)
         plugin = trainer.precision_plugin
@@ -167,7 +129,7 @@ class RobustEvaluation(Callback):
         """(B,) correct clean, and per attack of :attr:`names` (B,) robust: correct clean and attacked.
 
         Robust means correct both clean and under the attack (an attacker may always submit the
-        clean image, which lies in every ball), as AutoAttack and ``research.attack`` count.
+        clean image, which lies in every ball), as AutoAttack and ``python -m research attack`` count.
         """
         try:
             with torch.no_grad():
