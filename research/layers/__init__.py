@@ -14,7 +14,7 @@ Shape legend used in every docstring:
 - ``P`` patch size
 """
 
-from research.layers.attention import Attention, merge_masks, multi_head_attention
+from research.layers.attention import Attention, MultiHeadAttention, merge_masks, multi_head_attention
 from research.layers.block import Block
 from research.layers.decoder_attention import CausalSelfAttention, CrossAttention, KVCache
 from research.layers.decoder_block import DecoderBlock
@@ -30,6 +30,7 @@ from research.layers.pos_embed import (
     sincos_pos_embed_2d,
 )
 from research.layers.separable import DepthwiseSeparableConv2d, separable_weight_ratio
+from research.layers.weight_init import init_linears_
 from research.layers.window import (
     WindowAttention,
     cyclic_shift_mask,
@@ -47,12 +48,14 @@ __all__ = [
     "DepthwiseSeparableConv2d",
     "DropPath",
     "KVCache",
+    "MultiHeadAttention",
     "Mlp",
     "PatchEmbed",
     "WindowAttention",
     "cyclic_shift_mask",
     "drop_path",
     "fit_pos_embed",
+    "init_linears_",
     "merge_masks",
     "multi_head_attention",
     "patchify",

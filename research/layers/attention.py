@@ -5,8 +5,9 @@ inside windows, of Swin (:class:`~research.layers.WindowAttention`, whose relati
 shift mask come in as ``attn_mask``). Submodule names (``qkv``, ``proj``) are timm's, so timm
 checkpoints load by name.
 
-:func:`multi_head_attention` is the one SDPA call, with every mask merged into one, that this class
-and the decoder's attention (:mod:`research.layers.decoder_attention`) share.
+:func:`multi_head_attention` is the one SDPA call, with every mask merged into one; its module form
+:class:`MultiHeadAttention` (heads, SDPA, output projection) is what this class and the decoder's
+attention (:mod:`research.layers.decoder_attention`) share.
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ from einops import rearrange
 from torch import Tensor, nn
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention with a fused ``qkv`` projection.
+class MultiHeadAttention(nn.Module):
+    """What every attention here shares: heads, SDPA and the output projection ``proj``.
+
+    A subclass passes its input projections (e.g. ``qkv=nn.Linear(C, 3C)``), which are registered
+    first, as in timm, and calls :meth:`attend` on the queries, keys and values they make.
 
     Args:
         dim: token width C (input and output).
         num_heads: number of heads h; the head dim is d = C / h.
-        qkv_bias: learn a bias in the ``qkv`` projection.
         attn_drop: dropout on the attention weights (training only).
         proj_drop: dropout after the output projection.
+        **in_proj: the input projections, by name.
 
     Raises:
         ValueError: ``dim`` not divisible by ``num_heads``.
@@ -33,25 +37,47 @@ class Attention(nn.Module):
     """
 
     def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        *,
-        qkv_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
+        self, dim: int, num_heads: int, *, attn_drop: float = 0.0, proj_drop: float = 0.0, **in_proj: nn.Module
     ) -> None:
         super().__init__()
-        check_heads(dim, num_heads)
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        for name, module in in_proj.items():
+            self.add_module(name, module)
         self.attn_drop = attn_drop  # a probability for SDPA's dropout_p, not a module
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Queries, keys and values of the tokens ``x`` (B, N, C), each (B, h, N, d)."""
-        return tuple(rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads))
+    def split_heads(self, x: Tensor, parts: int) -> Tensor:
+        """(B, N, parts * C) projections -> (parts, B, h, N, d): e.g. q, k, v of a fused ``qkv``."""
+        return rearrange(x, "b n (parts h d) -> parts b h n d", parts=parts, h=self.num_heads)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, **masks) -> Tensor:
+        """Attention of queries (B, h, N, d) to keys/values (B, h, Nk, d), projected to (B, N, C).
+
+        ``masks``: ``attn_mask``, ``key_padding_mask``, ``is_causal`` of :func:`multi_head_attention`.
+        """
+        out = multi_head_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0, **masks)
+        return self.proj_drop(self.proj(out))
+
+
+class Attention(MultiHeadAttention):
+    """Multi-head self-attention with a fused ``qkv`` projection.
+
+    Args:
+        dim: token width C (input and output).
+        num_heads: number of heads h; the head dim is d = C / h.
+        qkv_bias: learn a bias in the ``qkv`` projection.
+        **attn_args: ``attn_drop``, ``proj_drop`` of :class:`MultiHeadAttention`.
+
+    Raises:
+        ValueError: ``dim`` not divisible by ``num_heads``.
+
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, **attn_args) -> None:
+        super().__init__(dim, num_heads, qkv=nn.Linear(dim, 3 * dim, bias=qkv_bias), **attn_args)
 
     def forward(
         self,
@@ -73,23 +99,8 @@ class Attention(nn.Module):
             (B, N, C).
 
         """
-        q, k, v = self.project_qkv(x)
-        out = multi_head_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            key_padding_mask=key_padding_mask,
-            is_causal=is_causal,
-            dropout_p=self.attn_drop if self.training else 0.0,
-        )
-        return self.proj_drop(self.proj(out))
-
-
-def check_heads(dim: int, num_heads: int) -> None:
-    """Raise if the width ``dim`` does not split into ``num_heads`` heads."""
-    if dim % num_heads:
-        raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        q, k, v = self.split_heads(self.qkv(x), 3)
+        return self.attend(q, k, v, attn_mask=attn_mask, key_padding_mask=key_padding_mask, is_causal=is_causal)
 
 
 def multi_head_attention(

@@ -15,10 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
-from research.layers.attention import Attention, check_heads, multi_head_attention
+from research.layers.attention import Attention, MultiHeadAttention
 
 
 @dataclass
@@ -71,50 +70,33 @@ class CausalSelfAttention(Attention):
             (B, N, C).
 
         """
-        q, k, v = self.project_qkv(x)
+        q, k, v = self.split_heads(self.qkv(x), 3)
         if cache is not None:
             k, v = cache.append(k, v)
         n, nk = q.shape[2], k.shape[2]
         # The N new queries are the last N of Nk positions: query i sees every cached key and the new
         # keys j <= i, a bottom-right aligned causal mask (SDPA's is_causal is top-left aligned).
         keep = torch.ones(n, nk, dtype=torch.bool, device=q.device).tril(nk - n) if nk > n else None
-        dropout_p = self.attn_drop if self.training else 0.0
-        out = multi_head_attention(q, k, v, attn_mask=keep, is_causal=keep is None, dropout_p=dropout_p)
-        return self.proj_drop(self.proj(out))
+        return self.attend(q, k, v, attn_mask=keep, is_causal=keep is None)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(MultiHeadAttention):
     """Multi-head attention from queries ``x`` to another sequence ``context`` (encoder-decoder attention).
 
     Args:
         dim: token width C of queries, context and output.
         num_heads: number of heads h; the head dim is d = C / h.
         qkv_bias: learn a bias in the ``q`` and ``kv`` projections.
-        attn_drop: dropout on the attention weights (training only).
-        proj_drop: dropout after the output projection.
+        **attn_args: ``attn_drop``, ``proj_drop`` of :class:`~research.layers.MultiHeadAttention`.
 
     Raises:
         ValueError: ``dim`` not divisible by ``num_heads``.
 
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        *,
-        qkv_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-    ) -> None:
-        super().__init__()
-        check_heads(dim, num_heads)
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
-        self.attn_drop = attn_drop  # a probability for SDPA's dropout_p, not a module
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, **attn_args) -> None:
+        q, kv = nn.Linear(dim, dim, bias=qkv_bias), nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        super().__init__(dim, num_heads, q=q, kv=kv, **attn_args)
         self.register_load_state_dict_pre_hook(_split_fused_qkv)
 
     def forward(
@@ -142,23 +124,14 @@ class CrossAttention(nn.Module):
             (B, N, C).
 
         """
-        q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.num_heads)
+        (q,) = self.split_heads(self.q(x), 1)
         if cache is not None and cache.k is not None:
             k, v = cache.k, cache.v
         else:
-            k, v = rearrange(self.kv(context), "b n (two h d) -> two b h n d", two=2, h=self.num_heads)
+            k, v = self.split_heads(self.kv(context), 2)
             if cache is not None:
                 cache.k, cache.v = k, v
-        out = multi_head_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            key_padding_mask=key_padding_mask,
-            is_causal=is_causal,
-            dropout_p=self.attn_drop if self.training else 0.0,
-        )
-        return self.proj_drop(self.proj(out))
+        return self.attend(q, k, v, attn_mask=attn_mask, key_padding_mask=key_padding_mask, is_causal=is_causal)
 
 
 def _split_fused_qkv(module: CrossAttention, state_dict: dict, prefix: str, *args) -> None:

@@ -145,16 +145,7 @@ class GRUSeq2Seq(nn.Module):
         return torch.einsum("bs,bsc->bc", weights, memory.annotations)
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        """Teacher-forced logits.
-
-        Args:
-            src: source ids (B, S), right-padded with ``pad_id``.
-            tgt_in: target ids (B, T), BOS first, right-padded with ``pad_id``.
-
-        Returns:
-            (B, T, V): logits of the token after each target position.
-
-        """
+        """Teacher-forced logits (B, T, V) of source (B, S) and target ids (B, T), as :meth:`Transformer.forward`."""
         return self.decode(tgt_in, self.encode(src))[0]
 
     @staticmethod

@@ -36,7 +36,7 @@ import torch
 from einops import repeat
 from torch import Tensor, nn
 
-from research.layers import Block, patchify, sincos_grid, sincos_pos_embed_2d, unpatchify
+from research.layers import Block, init_linears_, patchify, sincos_grid, sincos_pos_embed_2d, unpatchify
 from research.models.registry import register_model
 from research.models.vit import VisionTransformer
 from research.models.weights import StateDict, register_layout, register_resize
@@ -188,12 +188,9 @@ class MaskedAutoencoderViT(nn.Module):
         # timm's trunc_normal_(std=.02) is effectively normal_(std=.02): the cut at +-2 is 100 std away.
         nn.init.normal_(self.encoder.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
+        init_linears_(self, nn.init.xavier_uniform_)
         for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
+            if isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 

@@ -147,22 +147,12 @@ class MobileNetV1(nn.Module):
 
 
 @register_model
-def mobilenet_v1(
-    *, width_multiplier: float = 1.0, in_chans: int = 3, num_classes: int = 1000, drop_rate: float = 0.0
-) -> MobileNetV1:
+def mobilenet_v1(**kwargs) -> MobileNetV1:
     """The paper's MobileNet v1 (stride-2 stem, for 224x224 ImageNet images); 4.2M parameters at alpha 1.0."""
-    return MobileNetV1(
-        width_multiplier=width_multiplier, in_chans=in_chans, num_classes=num_classes, stem_stride=2,
-        drop_rate=drop_rate,
-    )
+    return MobileNetV1(**{"stem_stride": 2, **kwargs})
 
 
 @register_model
-def mobilenet_v1_cifar(
-    *, width_multiplier: float = 1.0, in_chans: int = 3, num_classes: int = 10, drop_rate: float = 0.0
-) -> MobileNetV1:
+def mobilenet_v1_cifar(**kwargs) -> MobileNetV1:
     """MobileNet v1 with a stride-1 stem for 28-32 pixel images (CIFAR, MNIST); same weights count as mobilenet_v1."""
-    return MobileNetV1(
-        width_multiplier=width_multiplier, in_chans=in_chans, num_classes=num_classes, stem_stride=1,
-        drop_rate=drop_rate,
-    )
+    return MobileNetV1(**{"stem_stride": 1, "num_classes": 10, **kwargs})

@@ -35,7 +35,14 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from research.layers import Block, PatchEmbed, WindowAttention, resample_patch_embed, resize_rel_pos_bias_table
+from research.layers import (
+    Block,
+    PatchEmbed,
+    WindowAttention,
+    init_linears_,
+    resample_patch_embed,
+    resize_rel_pos_bias_table,
+)
 from research.models.registry import register_model
 from research.models.weights import StateDict, register_layout, register_resize
 
@@ -211,11 +218,7 @@ class SwinTransformer(nn.Module):
         The patch-embedding conv keeps PyTorch's default init; bias tables are set by
         :class:`~research.layers.WindowAttention` (truncated normal, std 0.02).
         """
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_linears_(self, partial(nn.init.trunc_normal_, std=0.02))
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """Layers for layer-wise lr decay, in timm's format.

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from research.layers import Block, DecoderBlock, KVCache, sincos_pos_embed_1d
+from research.layers import Block, DecoderBlock, KVCache, init_linears_, sincos_pos_embed_1d
 from research.models.registry import register_model
 
 
@@ -125,11 +125,7 @@ class Transformer(nn.Module):
 
     def reset_parameters(self) -> None:
         """Xavier-uniform linear layers (per q/k/v slice of a fused one), zero biases, N(0, d^-1/2) embeddings."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_linears_(self, nn.init.xavier_uniform_)
         # q, k and v are separate (C, C) maps in the paper; initialise each (C, C) slice of the fused
         # qkv (3C, C) and kv (2C, C) weights as its own matrix, as fairseq does with its three projections.
         for name, param in self.named_parameters():

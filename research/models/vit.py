@@ -27,7 +27,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from research.layers import Block, PatchEmbed, fit_pos_embed, resample_patch_embed
+from research.layers import Block, PatchEmbed, fit_pos_embed, init_linears_, resample_patch_embed
 from research.models.registry import register_model
 from research.models.weights import StateDict, register_layout, register_resize
 
@@ -117,11 +117,7 @@ class VisionTransformer(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_linears_(self, partial(nn.init.trunc_normal_, std=0.02))
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """Layers for layer-wise lr decay, in timm's format: embeddings, each block, then the final norm."""
