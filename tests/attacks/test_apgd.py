@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_torchattacks_agreement import accuracy, digits, trained
+from test_torchattacks_agreement import accuracy, digits
 from tiny_classifiers import assert_same_state, snapshot, tiny_cnn
 from torch import nn
 
@@ -25,13 +25,6 @@ EPS = {"linf": 0.05, "l2": 1.0}
 TA_NORM = {"linf": "Linf", "l2": "L2"}
 # APGD-T over 3 target classes in the default run (torchattacks' APGDT takes n_classes = targets + 1).
 TARGETS = 3
-
-
-@pytest.fixture(scope="module")
-def mlp():
-    torch.set_num_threads(1)  # the module fixture runs before the per-test one-thread fixture
-    torch.manual_seed(0)  # trained() seeds only after the model's initialisation
-    return trained(nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10)), epochs=5)
 
 
 @pytest.fixture(scope="module")

@@ -2,20 +2,13 @@
 
 import pytest
 import torch
-from test_torchattacks_agreement import accuracy, digits, trained
+from test_torchattacks_agreement import accuracy, digits
 from torch import nn
 
 import research.attacks.ensemble as aa
 from research.attacks import autoattack, autoattack_ensemble, pgd
 
 torchattacks = pytest.importorskip("torchattacks")
-
-
-@pytest.fixture(scope="module")
-def mlp():
-    torch.set_num_threads(1)
-    torch.manual_seed(0)  # trained() seeds after the model is built: seed its initial weights too
-    return trained(nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10)), epochs=5)
 
 
 class Recorder:

@@ -10,29 +10,23 @@ import itertools
 
 import pytest
 import torch
+from attack_properties import (
+    assert_in_the_ball_and_every_changed_point_fools,
+    distance,
+    norms_and_eps,
+    problems,
+    set_state,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_torchattacks_agreement import accuracy, digits, seeded_mlp
+from test_torchattacks_agreement import accuracy, digits
 from tiny_classifiers import assert_same_state, linear_classifier, snapshot, tiny_cnn
-from torch import nn
 
 import research.attacks.fab as fab_module
-from research.attacks.balls import l2_norm
 from research.attacks.fab import fab_targeted, project_onto_hyperplane_in_box
 
 torchattacks = pytest.importorskip("torchattacks")
 scipy_optimize = pytest.importorskip("scipy.optimize")
-
-
-@pytest.fixture(scope="module")
-def mlp():
-    torch.set_num_threads(1)  # the module fixture runs before the per-test one-thread fixture
-    return seeded_mlp()
-
-
-def distance(x_adv, x, norm):
-    delta = x_adv - x
-    return delta.flatten(1).abs().amax(1) if norm == "linf" else l2_norm(delta)
 
 
 def compare_with_torchattacks(model, x, y, *, norm, eps, steps):
@@ -48,19 +42,19 @@ def compare_with_torchattacks(model, x, y, *, norm, eps, steps):
 
 
 @pytest.mark.parametrize(("norm", "eps"), [("linf", 0.06), ("l2", 1.0)])
-def test_same_adversarial_images_as_torchattacks(mlp, norm, eps):
+def test_same_adversarial_images_as_torchattacks(seeded_mlp, norm, eps):
     # 10 FAB steps per target instead of AutoAttack's 100 (the slow test below runs those): 47.0%
     # (L-inf) and 44.0% (L2) robust accuracy on 300 digits (clean 90.7%), for both implementations.
     x, y = digits("test", 300)
-    compare_with_torchattacks(mlp, x, y, norm=norm, eps=eps, steps=10)
+    compare_with_torchattacks(seeded_mlp, x, y, norm=norm, eps=eps, steps=10)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("norm", "eps"), [("linf", 0.05), ("l2", 1.0)])
-def test_autoattack_budget_same_adversarial_images_as_torchattacks(mlp, norm, eps):
+def test_autoattack_budget_same_adversarial_images_as_torchattacks(seeded_mlp, norm, eps):
     # AutoAttack's FAB-T as it runs it (100 steps, 9 targets) on 500 digits; about 1 min per norm on one core.
     x, y = digits("test", 500)
-    compare_with_torchattacks(mlp, x, y, norm=norm, eps=eps, steps=100)
+    compare_with_torchattacks(seeded_mlp, x, y, norm=norm, eps=eps, steps=100)
 
 
 # --- the projection onto a hyperplane within the box ------------------------------------------
@@ -224,32 +218,9 @@ def test_targets_are_the_runner_up_classes_in_order_on_the_examples_not_yet_brok
 # --- the threat model and the model's state --------------------------------------------------
 
 
-@st.composite
-def problems(draw, *, batch_norm=None):
-    """A random tiny CNN with a batch of images in [0, 1] and labels (some clean-correct)."""
-    in_chans, height, width = draw(st.integers(1, 3)), draw(st.integers(3, 7)), draw(st.integers(3, 7))
-    num_classes, batch = draw(st.integers(2, 5)), draw(st.integers(1, 6))
-    seed = draw(st.integers(0, 2**16))
-    bn = draw(st.booleans()) if batch_norm is None else batch_norm
-    model = tiny_cnn(in_chans=in_chans, height=height, width=width, num_classes=num_classes, seed=seed,
-                     batch_norm=bn)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(batch, in_chans, height, width, generator=g)
-    x = torch.where(torch.rand(x.shape, generator=g) < 0.2, x.round(), x)  # pixels at 0 and 1, where clamps act
-    with torch.no_grad():
-        y = model.eval()(x).argmax(1)
-    y = torch.where(torch.rand(batch, generator=g) < 0.3, torch.randint(0, num_classes, (batch,), generator=g), y)
-    return model, x, y
-
-
-norms_and_eps = st.sampled_from(["linf", "l2"]).flatmap(
-    lambda norm: st.tuples(st.just(norm), st.floats(0.0, 0.5 if norm == "linf" else 3.0))
-)
-
-
 @settings(max_examples=40, deadline=None)
-@given(problem=problems(), norm_eps=norms_and_eps, steps=st.integers(0, 6), restarts=st.integers(1, 2),
-       targets=st.integers(1, 4), seed=st.integers(0, 2**16))
+@given(problem=problems(clean_correct=True), norm_eps=norms_and_eps, steps=st.integers(0, 6),
+       restarts=st.integers(1, 2), targets=st.integers(1, 4), seed=st.integers(0, 2**16))
 def test_in_the_ball_in_range_and_every_changed_point_fools_the_model(problem, norm_eps, steps, restarts, targets,
                                                                       seed):
     model, x, y = problem
@@ -259,36 +230,19 @@ def test_in_the_ball_in_range_and_every_changed_point_fools_the_model(problem, n
     torch.manual_seed(seed)
     x_adv = fab_targeted(model, x, y, eps=eps, norm=norm, steps=steps, restarts=restarts,
                          target_classes=min(targets, num_classes - 1))
-    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
-    assert (distance(x_adv, x, norm) <= eps).all()  # the acceptance check is made on the returned point
-    assert x_adv.min() >= 0 and x_adv.max() <= 1
-    with torch.no_grad():
-        clean_wrong, adv_wrong = model(x).argmax(1) != y, model(x_adv).argmax(1) != y
-    changed = (x_adv != x).flatten(1).any(1)
-    assert adv_wrong[changed].all(), "a returned point does not fool the model"
-    assert not changed[clean_wrong].any(), "an example misclassified from the start was changed"
-    assert (adv_wrong >= clean_wrong).all()
+    # No tolerance on eps: the acceptance check is made on the returned point.
+    assert_in_the_ball_and_every_changed_point_fools(model, x, y, x_adv, norm=norm, eps=eps)
 
 
 @settings(max_examples=25, deadline=None)
-@given(problem=problems(batch_norm=True), norm_eps=norms_and_eps, eval_mode=st.booleans(),
+@given(problem=problems(batch_norm=True, clean_correct=True), norm_eps=norms_and_eps, eval_mode=st.booleans(),
        modes=st.sampled_from(["train", "eval", "mixed"]), momentum=st.sampled_from([0.1, None]),
        grads=st.sampled_from(["none", "existing"]), frozen=st.booleans())
 def test_no_parameter_grads_and_modes_and_statistics_unchanged(problem, norm_eps, eval_mode, modes, momentum, grads,
                                                                frozen):
     model, x, y = problem
     norm, eps = norm_eps
-    model.train(modes != "eval")
-    if modes == "mixed":
-        model[1].eval()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = momentum
-    if grads == "existing":
-        for p in model.parameters():
-            p.grad = torch.randn_like(p)
-    if frozen:
-        model[0].requires_grad_(False)
+    set_state(model, modes=modes, momentum=momentum, grads=grads, frozen=frozen)
     x_before, before = x.clone(), snapshot(model)
     fab_targeted(model, x, y, eps=eps, norm=norm, steps=3, target_classes=1, restarts=2, eval_mode=eval_mode)
     assert_same_state(before, snapshot(model))

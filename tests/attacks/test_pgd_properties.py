@@ -2,42 +2,14 @@
 
 import torch
 import torch.nn.functional as F
+from attack_properties import distance, norms_and_eps, problems, set_state
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny_classifiers import assert_same_state, linear_classifier, snapshot, tiny_cnn
-from torch import nn
 
 from research.attacks import fgsm, pgd
-from research.attacks.balls import l2_norm
 
 FAST = settings(max_examples=60, deadline=None)
-
-
-@st.composite
-def problems(draw, *, batch_norm=None):
-    """A random tiny CNN with a batch of images in [0, 1] and labels."""
-    in_chans, height, width = draw(st.integers(1, 3)), draw(st.integers(3, 7)), draw(st.integers(3, 7))
-    num_classes, batch = draw(st.integers(2, 5)), draw(st.integers(1, 6))
-    seed = draw(st.integers(0, 2**16))
-    bn = draw(st.booleans()) if batch_norm is None else batch_norm
-    model = tiny_cnn(in_chans=in_chans, height=height, width=width, num_classes=num_classes, seed=seed,
-                     batch_norm=bn, dropout=draw(st.sampled_from([0.0, 0.5])))
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(batch, in_chans, height, width, generator=g)
-    # Some pixels exactly at 0 and 1, where the clamp to [0, 1] matters most.
-    x = torch.where(torch.rand(x.shape, generator=g) < 0.2, x.round(), x)
-    y = torch.randint(0, num_classes, (batch,), generator=g)
-    return model, x, y
-
-
-norms_and_eps = st.sampled_from(["linf", "l2"]).flatmap(
-    lambda norm: st.tuples(st.just(norm), st.floats(0.0, 0.5 if norm == "linf" else 3.0))
-)
-
-
-def distance(x_adv, x, norm):
-    delta = x_adv - x
-    return delta.flatten(1).abs().amax(1) if norm == "linf" else l2_norm(delta)
 
 
 def losses(model, x, y):
@@ -46,7 +18,7 @@ def losses(model, x, y):
 
 
 @FAST
-@given(problem=problems(), norm_eps=norms_and_eps, steps=st.integers(0, 4), step_size=st.floats(1e-3, 1.0),
+@given(problem=problems(dropout=True), norm_eps=norms_and_eps, steps=st.integers(0, 4), step_size=st.floats(1e-3, 1.0),
        random_start=st.booleans(), restarts=st.integers(1, 3), targeted=st.booleans(), eval_mode=st.booleans())
 def test_perturbation_stays_in_the_ball_and_images_in_range(problem, norm_eps, steps, step_size, random_start,
                                                             restarts, targeted, eval_mode):
@@ -60,24 +32,14 @@ def test_perturbation_stays_in_the_ball_and_images_in_range(problem, norm_eps, s
 
 
 @FAST
-@given(problem=problems(batch_norm=True), norm_eps=norms_and_eps, steps=st.integers(0, 3),
+@given(problem=problems(batch_norm=True, dropout=True), norm_eps=norms_and_eps, steps=st.integers(0, 3),
        restarts=st.integers(1, 2), eval_mode=st.booleans(), modes=st.sampled_from(["train", "eval", "mixed"]),
        grads=st.sampled_from(["none", "existing"]), frozen=st.booleans(), momentum=st.sampled_from([0.1, None]))
 def test_no_parameter_grads_and_modes_and_statistics_unchanged(problem, norm_eps, steps, restarts, eval_mode, modes,
                                                               grads, frozen, momentum):
     model, x, y = problem
     norm, eps = norm_eps
-    model.train(modes != "eval")
-    if modes == "mixed":
-        model[1].eval()  # e.g. a frozen BatchNorm in a model that trains
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = momentum  # None: a cumulative average, which reads num_batches_tracked
-    if grads == "existing":
-        for p in model.parameters():
-            p.grad = torch.randn_like(p)
-    if frozen:
-        model[0].requires_grad_(False)
+    set_state(model, modes=modes, momentum=momentum, grads=grads, frozen=frozen)
     x_before, before = x.clone(), snapshot(model)
     pgd(model, x, y, eps=eps, step_size=0.1, steps=steps, norm=norm, restarts=restarts, eval_mode=eval_mode)
     assert_same_state(before, snapshot(model))
@@ -85,7 +47,8 @@ def test_no_parameter_grads_and_modes_and_statistics_unchanged(problem, norm_eps
 
 
 @FAST
-@given(problem=problems(), norm=st.sampled_from(["linf", "l2"]), eps=st.floats(0.0, 1.0), targeted=st.booleans())
+@given(problem=problems(dropout=True), norm=st.sampled_from(["linf", "l2"]), eps=st.floats(0.0, 1.0),
+       targeted=st.booleans())
 def test_zero_steps_without_random_start_returns_x(problem, norm, eps, targeted):
     model, x, y = problem
     x_adv = pgd(model, x, y, eps=eps, step_size=0.1, steps=0, norm=norm, random_start=False, targeted=targeted)

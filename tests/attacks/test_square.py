@@ -7,22 +7,22 @@ test_torchattacks_agreement.py, whose digit helpers are imported here).
 
 import pytest
 import torch
+from attack_properties import (
+    assert_in_the_ball_and_every_changed_point_fools,
+    distance,
+    norms_and_eps,
+    problems,
+    set_state,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_torchattacks_agreement import accuracy, digits, seeded_mlp
+from test_torchattacks_agreement import accuracy, digits
 from tiny_classifiers import assert_same_state, snapshot, tiny_cnn
 from torch import nn
 
-from research.attacks.balls import l2_norm
 from research.attacks.square import _pseudo_gaussian, p_schedule, square
 
 torchattacks = pytest.importorskip("torchattacks")
-
-
-@pytest.fixture(scope="module")
-def mlp():
-    torch.set_num_threads(1)  # the module fixture runs before the per-test one-thread fixture
-    return seeded_mlp()
 
 
 def ours_and_theirs(model, x, y, *, norm, eps, queries, seed) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,13 +35,13 @@ def ours_and_theirs(model, x, y, *, norm, eps, queries, seed) -> tuple[torch.Ten
 
 
 @pytest.mark.parametrize(("norm", "eps"), [("linf", 0.07), ("l2", 1.3)])
-def test_same_adversarial_images_as_torchattacks_from_the_same_seed(mlp, norm, eps):
+def test_same_adversarial_images_as_torchattacks_from_the_same_seed(seeded_mlp, norm, eps):
     # 500 queries instead of AutoAttack's 5,000 (the slow test below runs those), the schedule of p
     # rescaled to them as AutoAttack does. Same windows, signs and patterns from the same seed, same
     # arithmetic: the same images, so the same robust accuracy (49.4% L-inf, 58.0% L2; clean 90.4%).
     x, y = digits("test", 500)
-    ours, theirs = ours_and_theirs(mlp, x, y, norm=norm, eps=eps, queries=500, seed=0)
-    robust, reference = accuracy(mlp, ours, y), accuracy(mlp, theirs, y)
+    ours, theirs = ours_and_theirs(seeded_mlp, x, y, norm=norm, eps=eps, queries=500, seed=0)
+    robust, reference = accuracy(seeded_mlp, ours, y), accuracy(seeded_mlp, theirs, y)
     assert 0.3 <= robust <= 0.7, f"robust accuracy {robust:.3f}: the comparison is not the intended one"
     assert abs(robust - reference) <= 0.01, f"ours {robust:.3f}, torchattacks {reference:.3f}"
     assert torch.equal(ours, theirs)
@@ -49,11 +49,11 @@ def test_same_adversarial_images_as_torchattacks_from_the_same_seed(mlp, norm, e
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("norm", "eps"), [("linf", 0.08), ("l2", 1.5)])
-def test_autoattack_budget_same_images_as_torchattacks(mlp, norm, eps):
+def test_autoattack_budget_same_images_as_torchattacks(seeded_mlp, norm, eps):
     # AutoAttack's standard Square: 5,000 queries, p_init 0.8, on 1,000 digits; about 1 min per norm on one core.
     x, y = digits("test", 1000)
-    ours, theirs = ours_and_theirs(mlp, x, y, norm=norm, eps=eps, queries=5000, seed=0)
-    robust, reference = accuracy(mlp, ours, y), accuracy(mlp, theirs, y)
+    ours, theirs = ours_and_theirs(seeded_mlp, x, y, norm=norm, eps=eps, queries=5000, seed=0)
+    robust, reference = accuracy(seeded_mlp, ours, y), accuracy(seeded_mlp, theirs, y)
     assert 0.2 <= robust <= 0.8, f"robust accuracy {robust:.3f}: the comparison is not the intended one"
     assert abs(robust - reference) <= 0.01, f"ours {robust:.3f}, torchattacks {reference:.3f}"
     assert torch.equal(ours, theirs)
@@ -74,11 +74,6 @@ class Recorder(nn.Module):
         logits = self.model(x)
         self.calls.append((x.detach().clone(), logits.detach().clone()))
         return logits
-
-
-def distance(x_adv, x, norm):
-    delta = x_adv - x
-    return delta.flatten(1).abs().amax(1) if norm == "linf" else l2_norm(delta)
 
 
 def queries_per_example(calls, x, norm, eps) -> list[list[torch.Tensor]]:
@@ -142,63 +137,26 @@ def test_forward_rows_per_restart_when_nothing_can_be_fooled(norm):
 # --- the threat model and the model's state --------------------------------------------------
 
 
-@st.composite
-def problems(draw, *, batch_norm=None):
-    """A random tiny CNN (at least 5x5, as the L2 start needs) with a batch of images in [0, 1] and labels."""
-    in_chans, height, width = draw(st.integers(1, 3)), draw(st.integers(5, 8)), draw(st.integers(5, 8))
-    num_classes, batch = draw(st.integers(2, 5)), draw(st.integers(1, 6))
-    seed = draw(st.integers(0, 2**16))
-    bn = draw(st.booleans()) if batch_norm is None else batch_norm
-    model = tiny_cnn(in_chans=in_chans, height=height, width=width, num_classes=num_classes, seed=seed,
-                     batch_norm=bn)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(batch, in_chans, height, width, generator=g)
-    x = torch.where(torch.rand(x.shape, generator=g) < 0.2, x.round(), x)  # pixels at 0 and 1, where clamps act
-    y = torch.randint(0, num_classes, (batch,), generator=g)
-    return model, x, y
-
-
-norms_and_eps = st.sampled_from(["linf", "l2"]).flatmap(
-    lambda norm: st.tuples(st.just(norm), st.floats(0.0, 0.5 if norm == "linf" else 3.0))
-)
-
-
 @settings(max_examples=40, deadline=None)
-@given(problem=problems(), norm_eps=norms_and_eps, queries=st.integers(0, 12), restarts=st.integers(1, 2),
-       seed=st.integers(0, 2**16))
+@given(problem=problems(min_side=5, max_side=8), norm_eps=norms_and_eps, queries=st.integers(0, 12),
+       restarts=st.integers(1, 2), seed=st.integers(0, 2**16))
 def test_in_the_ball_in_range_and_every_changed_point_fools_the_model(problem, norm_eps, queries, restarts, seed):
     model, x, y = problem
     model.eval()
     norm, eps = norm_eps
     torch.manual_seed(seed)
     x_adv = square(model, x, y, eps=eps, norm=norm, queries=queries, restarts=restarts)
-    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
-    assert (distance(x_adv, x, norm) <= eps + 1e-6).all()
-    assert x_adv.min() >= 0 and x_adv.max() <= 1
-    with torch.no_grad():
-        clean_wrong, adv_wrong = model(x).argmax(1) != y, model(x_adv).argmax(1) != y
-    changed = (x_adv != x).flatten(1).any(1)
-    assert adv_wrong[changed].all(), "a returned point does not fool the model"
-    assert not changed[clean_wrong].any(), "an example misclassified from the start was changed"
-    assert (adv_wrong >= clean_wrong).all()
+    assert_in_the_ball_and_every_changed_point_fools(model, x, y, x_adv, norm=norm, eps=eps, tolerance=1e-6)
 
 
 @settings(max_examples=25, deadline=None)
-@given(problem=problems(batch_norm=True), norm_eps=norms_and_eps, eval_mode=st.booleans(),
+@given(problem=problems(batch_norm=True, min_side=5, max_side=8), norm_eps=norms_and_eps, eval_mode=st.booleans(),
        modes=st.sampled_from(["train", "eval", "mixed"]), momentum=st.sampled_from([0.1, None]),
        grads=st.sampled_from(["none", "existing"]))
 def test_modes_statistics_and_parameters_unchanged(problem, norm_eps, eval_mode, modes, momentum, grads):
     model, x, y = problem
     norm, eps = norm_eps
-    model.train(modes != "eval")
-    if modes == "mixed":
-        model[1].eval()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = momentum
-    if grads == "existing":
-        for p in model.parameters():
-            p.grad = torch.randn_like(p)
+    set_state(model, modes=modes, momentum=momentum, grads=grads)
     x_before, before = x.clone(), snapshot(model)
     square(model, x, y, eps=eps, norm=norm, queries=5, eval_mode=eval_mode)
     assert_same_state(before, snapshot(model))
