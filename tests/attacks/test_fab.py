@@ -2,8 +2,8 @@
 against brute-force solutions, the provable distance on a linear model, the targets, the threat
 model, the model's state and argument checks.
 
-The MNIST model trains in the test, in about a second, on 4,000 of the embedded digits (as in
-test_torchattacks_agreement.py, whose digit helpers are imported here).
+The MNIST model is conftest's ``seeded_mlp`` (trained once per module, in about a second); the
+FAB-T property tests draw their problems from attack_properties.py.
 """
 
 import itertools

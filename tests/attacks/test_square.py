@@ -1,8 +1,8 @@
 """Square attack: the same images as torchattacks' (AutoAttack's) Square on a trained MNIST model, the
 query budget per example, the threat model, the model's state, the schedule and pattern, argument checks.
 
-The MNIST model trains in the test, in about a second, on 4,000 of the embedded digits (as in
-test_torchattacks_agreement.py, whose digit helpers are imported here).
+The MNIST model is conftest's ``seeded_mlp`` (trained once per module, in about a second); the
+Square property tests draw their problems from attack_properties.py.
 """
 
 import pytest
