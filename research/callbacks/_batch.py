@@ -28,17 +28,15 @@ def check_at_least_one(owner: str, **values: int) -> None:
             raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
 
 
-def image_batch(batch: Any, *, owner: str, check_range: bool = True) -> tuple[Tensor, Tensor]:
-    """The (images, labels) of a batch, or a ValueError that says what ``owner`` expects.
+def check_image_batch(batch: Any, *, owner: str) -> None:
+    """Stop with what ``owner`` expects unless the batch is (float images in [0, 1], integer labels).
+
+    Callers check the first batch of a loader only: the pixel range costs a device sync on GPU,
+    and every batch of a datamodule has the same form.
 
     Args:
         batch: what the task's dataloader yields.
         owner: the callback's name, for the message.
-        check_range: also check that the pixel values lie in [0, 1] (a device sync on GPU, so
-            callers do it once, on the first batch).
-
-    Returns:
-        The batch's own image tensor (B, C, H, W) and label tensor (B,), not copies.
 
     Raises:
         ValueError: a batch that is not (float images in [0, 1], integer labels).
@@ -56,14 +54,13 @@ def image_batch(batch: Any, *, owner: str, check_range: bool = True) -> tuple[Te
     if not isinstance(y, Tensor) or y.is_floating_point() or y.is_complex() or tuple(y.shape) != (len(x),):
         got = f"{y.dtype} tensor of shape {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
         raise ValueError(f"{expects}; the labels are a {got} (soft or per-pixel labels cannot be attacked).")
-    if check_range and x.numel():
+    if x.numel():
         low, high = x.min().item(), x.max().item()
         if low < 0 or high > 1:
             raise ValueError(
                 f"{expects}; the images span [{low:.3g}, {high:.3g}]. Leave normalisation to the task "
                 "(its forward), so that eps is in pixel units and clamping to [0, 1] is right."
             )
-    return x, y
 
 
 class FixedSubset:
@@ -101,7 +98,9 @@ class FixedSubset:
         """Offer the batch's examples to the sample; a no-op once closed."""
         if self.closed:
             return
-        x, y = image_batch(batch, owner=self.owner, check_range=self._seen == 0)
+        if self._seen == 0:
+            check_image_batch(batch, owner=self.owner)
+        x, y = batch[0], batch[1]
         positions = torch.arange(self._seen, self._seen + len(y))
         # Algorithm R: the t-th example (from 0) replaces a uniform slot in [0, t] when that slot is kept.
         slots = (torch.rand(len(y), generator=self._generator) * (positions + 1)).long()

@@ -60,7 +60,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from research.attacks import attack_mode, mart_attack, pgd, trades_attack
-from research.callbacks._batch import image_batch
+from research.callbacks._batch import check_image_batch
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ class AdversarialTraining(Callback):
     - gap (``guard_gap``): if FGSM accuracy exceeds PGD accuracy by more than ``guard_gap``, the
       model resists the single step it trains on but not an iterated attack: it has not become
       robust, only hard to attack by one step, and it usually stays so (the failure of Wong et
-      al.'s Figure 2 and of our MNIST recipe in issue 14: PGD readings 0.34, 0.48, 0.46, 0.42 never
+      al.'s Figure 2 and of our first MNIST FGSM-RS recipe: PGD readings 0.34, 0.48, 0.46, 0.42 never
       dropped). Training stops with a warning that says what to change; no weights are restored
       (there is no robust state to go back to). The rule waits until ``warmup_epochs`` are over:
       before that the model has not been trained at the eps it is checked at.
@@ -339,7 +339,7 @@ class AdversarialTraining(Callback):
         self.guard_drop = guard_drop if attack == "fgsm_rs" else None
         self.guard_gap = guard_gap if attack == "fgsm_rs" else None
 
-        self._checked_range = False
+        self._checked_batches = False  # the first batch is checked, the others have its form
         self._guard_batch: tuple[Tensor, Tensor] | None = None
         self._guard_prev_acc: float | None = None
         self._guard_state: dict[str, Tensor] | None = None
@@ -375,8 +375,10 @@ class AdversarialTraining(Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        x, y = image_batch(batch, owner=OWNER, check_range=not self._checked_range)
-        self._checked_range = True
+        if not self._checked_batches:
+            check_image_batch(batch, owner=OWNER)
+            self._checked_batches = True
+        x, y = batch[0], batch[1]
         if self.guard_drop is not None or self.guard_gap is not None:
             if batch_idx == 0:
                 self._guard_batch = (x.detach().clone(), y.detach().clone())

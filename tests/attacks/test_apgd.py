@@ -1,4 +1,4 @@
-"""Auto-PGD (Croce and Hein 2020) against torchattacks' copy of the official code, and its properties (issue 14, 1).
+"""Auto-PGD (Croce and Hein 2020) against torchattacks' copy of the official code, and its properties.
 
 The agreement tests attack a small MLP trained in the test on 4,000 embedded MNIST digits (the
 helpers of test_torchattacks_agreement.py), on 500 test digits, at an eps where the robust accuracy
