@@ -124,14 +124,15 @@ class Transformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Xavier-uniform linear layers (per q/k/v slice of a fused one), zero biases, N(0, d^-1/2) embeddings."""
+        """Xavier-uniform linear layers (q, k, v with gain 1/sqrt(2)), zero biases, N(0, d^-1/2) embeddings."""
         init_linears_(self, nn.init.xavier_uniform_)
-        # q, k and v are separate (C, C) maps in the paper; initialise each (C, C) slice of the fused
-        # qkv (3C, C) and kv (2C, C) weights as its own matrix, as fairseq does with its three projections.
+        # q, k and v are separate (C, C) maps in the paper; fairseq draws each Xavier-uniform with gain
+        # 1/sqrt(2), the bound sqrt(6 / 4C) of one fused (3C, C) matrix. Here: every (C, C) slice of
+        # attn.qkv (3C, C), cross_attn.q (C, C) and cross_attn.kv (2C, C).
         for name, param in self.named_parameters():
-            if name.endswith("kv.weight"):  # attn.qkv and cross_attn.kv
+            if name.endswith(("attn.qkv.weight", "cross_attn.q.weight", "cross_attn.kv.weight")):
                 for part in param.data.split(self.dim):
-                    nn.init.xavier_uniform_(part)
+                    nn.init.xavier_uniform_(part, gain=2**-0.5)
         # With inputs scaled by sqrt(d) (Sec. 3.4) this gives unit-variance token embeddings.
         nn.init.normal_(self.embed.weight, std=self.dim**-0.5)
         with torch.no_grad():
