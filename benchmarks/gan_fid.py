@@ -20,12 +20,12 @@ import argparse
 
 import torch
 
-from research.data import EmbeddedMNIST
+from research.data import EmbeddedMNISTDataModule
 from research.metrics import ClassifierFeatures, classifier_fid
 from research.tasks import GAN
 
 
-def split_images(datamodule: EmbeddedMNIST, split: str) -> torch.Tensor:
+def split_images(datamodule: EmbeddedMNISTDataModule, split: str) -> torch.Tensor:
     loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
     return torch.cat([images for images, _ in loader])
 
@@ -52,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
 
     features = ClassifierFeatures.from_checkpoint(args.extractor)
-    data = EmbeddedMNIST(batch_size=500)
+    data = EmbeddedMNISTDataModule(batch_size=500)
     data.setup("fit")
     data.setup("test")
     real, other_real = split_images(data, "test"), split_images(data, "val")

@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
-from research.data import EmbeddedMNIST
+from research.data import EmbeddedMNISTDataModule
 from research.models import create_model
 from research.tasks import ImageClassification
 from research.tasks.optim import build_optimizer, warmup_cosine
@@ -103,7 +103,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    dm = EmbeddedMNIST(batch_size=args.batch_size)
+    dm = EmbeddedMNISTDataModule(batch_size=args.batch_size)
     dm.setup("fit")
     batches = []
     for batch in dm.train_dataloader():  # fixed list: both sides see the very same tensors

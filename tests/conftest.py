@@ -1,10 +1,11 @@
-import gzip
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from research.data.readers import write_idx
 
 # The tests' tensors are tiny: one thread avoids the pool's hand-offs, and on a busy machine the
 # suite runs several times faster than with one thread per core.
@@ -19,11 +20,6 @@ def _hermetic(monkeypatch):
     torch.manual_seed(0)
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
-
-
 @pytest.fixture
 def fake_torchvision_root(tmp_path) -> Path:
     """A data root with tiny MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 in torchvision's layout.
@@ -36,8 +32,8 @@ def fake_torchvision_root(tmp_path) -> Path:
         raw = root / folder / "raw"
         raw.mkdir(parents=True)
         for split in ("train", "t10k"):
-            _write_idx(raw / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (20, 28, 28)))
-            _write_idx(raw / f"{split}-labels-idx1-ubyte.gz", np.arange(20) % 10)
+            write_idx(raw / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (20, 28, 28)))
+            write_idx(raw / f"{split}-labels-idx1-ubyte.gz", np.arange(20) % 10)
     for folder, names, key, classes in (
         ("cifar-10-batches-py", [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"], "labels", 10),
         ("cifar-100-python", ["train", "test"], "fine_labels", 100),

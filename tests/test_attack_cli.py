@@ -31,7 +31,7 @@ model:
     model: {name: five_layer_cnn, num_classes: 4, in_chans: 1, img_size: 16}
     lr: 0.01
 data:
-  class_path: research.data.SyntheticImages
+  class_path: research.data.SyntheticDataModule
   init_args: {num_samples: 256, num_classes: 4, img_size: 16, in_chans: 1, batch_size: 32}
 """
 
@@ -78,7 +78,7 @@ def test_prints_and_writes_clean_and_robust_accuracy_per_attack_and_eps(trained,
     pgd_row = next(r for r in rows if r["attack"] == "pgd" and r["eps"] == 0.3)
     assert pgd_row["step_size"] == pytest.approx(2.5 * 0.3 / 5) and pgd_row["steps"] == 5
     printed = capsys.readouterr().out
-    assert "26 examples of the test split of SyntheticImages" in printed
+    assert "26 examples of the test split of SyntheticDataModule" in printed
     assert markdown(rows) in printed
     assert "| pgd | linf | 0.3 | 5 | 0.15 | 1 |" in printed
     report = json.loads(out.read_text())

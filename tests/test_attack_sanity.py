@@ -13,19 +13,19 @@ from torch import nn
 
 import research.attack
 from research.attack import rise_p_value, sanity_markdown, sanity_panel
-from research.data import EmbeddedMNIST
+from research.data import EmbeddedMNISTDataModule
 
 CHECKS = ("more steps do not raise accuracy", "more restarts do not raise accuracy",
           "accuracy reaches 0% at L-inf eps 0.5", "iterative at least as strong as one step")
 
 
 def digits(split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    dm = EmbeddedMNIST()
+    dm = EmbeddedMNISTDataModule()
     dm.setup("fit")
     subset = getattr(dm, f"{split}_set")
     # A fixed random draw: the file is sorted by label.
     order = torch.randperm(len(subset), generator=torch.Generator().manual_seed(0))[:count]
-    images, labels = subset.dataset.__getitems__([subset.indices[i] for i in order])
+    images, labels = subset.dataset.read_batch([subset.indices[i] for i in order])
     return images.float() / 255, labels
 
 

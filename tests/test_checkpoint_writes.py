@@ -46,7 +46,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_whole_and_no_temporary_fil
 
 RUN = ["fit", "--model", "research.tasks.ImageClassification", "--model.model",
        '{"name": "five_layer_cnn", "num_classes": 4, "in_chans": 1, "img_size": 16, "hidden_dim": 16}',
-       "--data", "research.data.SyntheticImages", "--data.num_samples", "16", "--data.num_classes", "4",
+       "--data", "research.data.SyntheticDataModule", "--data.num_samples", "16", "--data.num_classes", "4",
        "--data.img_size", "16", "--data.in_chans", "1", "--data.batch_size", "8", "--trainer.logger", "false",
        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
        "--test_after_fit", "false", "--experiment", "tiny"]

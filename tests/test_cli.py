@@ -17,7 +17,7 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 SYNTHETIC = [
     "--data",
-    "research.data.SyntheticImages",
+    "research.data.SyntheticDataModule",
     "--data.num_samples",
     "48",
     "--data.num_classes",
@@ -39,7 +39,9 @@ def _in_tmp(tmp_path, monkeypatch):
 def test_every_config_runs_one_batch(config, fake_torchvision_root):
     args = ["fit", "--config", str(config), "--trainer.fast_dev_run", "true", *QUIET]
     data_class = yaml.safe_load(config.read_text()).get("data", {}).get("class_path", "")
-    if data_class.rsplit(".", 1)[-1] in ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100"):
+    if data_class.rsplit(".", 1)[-1] in (
+        "MNISTDataModule", "FashionMNISTDataModule", "CIFAR10DataModule", "CIFAR100DataModule"
+    ):
         # the real sets are downloads; the config runs on tiny stand-ins in the same layout
         args += ["--data.init_args.root", str(fake_torchvision_root), "--data.init_args.batch_size", "4"]
     task_args = yaml.safe_load(config.read_text()).get("model", {}).get("init_args", {})
@@ -146,7 +148,7 @@ def test_print_config_shows_the_resolved_config(capsys):
         main(["fit", "--config", str(ROOT / "configs/resnet/mnist_resnet20.yaml"), "--print_config"])
     printed = capsys.readouterr().out
     assert "research.tasks.ImageClassification" in printed and "name: resnet20" in printed
-    assert "research.data.EmbeddedMNIST" in printed
+    assert "research.data.EmbeddedMNISTDataModule" in printed
     # what runs is what is printed: the loggers and callbacks that fit adds, not "logger: null"
     trainer = yaml.safe_load(printed)["trainer"]
     assert [c["class_path"] for c in trainer["logger"]] == [

@@ -295,7 +295,9 @@ def _ensure_checkpoints(argv: list[str], workspace: Workspace) -> None:
             continue
         config = f"configs/{experiment}.yaml"
         args = ["fit", "--config", config, *_tiny_fit_args(config)]
-        if _config_data_class(config) in ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100"):
+        if _config_data_class(config) in (
+            "MNISTDataModule", "FashionMNISTDataModule", "CIFAR10DataModule", "CIFAR100DataModule"
+        ):
             args += ["--data.init_args.root", str(workspace.data_root)]
         fit(args)
 

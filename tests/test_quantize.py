@@ -9,7 +9,7 @@ import torch.ao.nn.quantized.dynamic as nnqd
 import yaml
 from torch import nn
 
-from research.data import SyntheticImages
+from research.data import SyntheticDataModule
 from research.models import create_model
 from research.quantize import main, model_size_mb, quantize_dynamic, quantize_static, unsupported_static_layers
 from research.tasks import ImageClassification
@@ -86,12 +86,12 @@ def test_command_reports_size_latency_and_accuracy_before_and_after(tmp_path, ca
         accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(task, datamodule=SyntheticImages(**data))
+    trainer.fit(task, datamodule=SyntheticDataModule(**data))
     trainer.save_checkpoint(tmp_path / "cnn.ckpt")
     config = tmp_path / "cnn.yaml"
     config.write_text(yaml.safe_dump({
         "model": {"class_path": "research.tasks.ImageClassification", "init_args": {"model": CNN}},
-        "data": {"class_path": "research.data.SyntheticImages", "init_args": data},
+        "data": {"class_path": "research.data.SyntheticDataModule", "init_args": data},
     }))
     args = ["--checkpoint", str(tmp_path / "cnn.ckpt"), "--config", str(config), "--repeats", "3"]
     for mode in ("static", "dynamic"):

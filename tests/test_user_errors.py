@@ -24,7 +24,7 @@ model:
   init_args:
     model: {name: five_layer_cnn, num_classes: 4, in_chans: 1, img_size: 16, hidden_dim: 16}
 data:
-  class_path: research.data.SyntheticImages
+  class_path: research.data.SyntheticDataModule
   init_args: {num_samples: 16, num_classes: 4, img_size: 16, in_chans: 1, batch_size: 8}
 """
 
@@ -197,34 +197,34 @@ def test_a_label_equal_to_num_classes_is_named(capsys):
     labels = np.arange(16) % 4
     labels[5] = 4  # one label too many for a 4-class model
     np.savez("data.npz", images=np.zeros((16, 16, 16), np.uint8), labels=labels)
-    spec = TINY.replace("class_path: research.data.SyntheticImages", "class_path: research.data.NpzImages")
+    spec = TINY.replace("class_path: research.data.SyntheticDataModule", "class_path: research.data.NpzDataModule")
     spec = spec.replace("{num_samples: 16, num_classes: 4, img_size: 16, in_chans: 1, batch_size: 8}",
                         "{path: data.npz, batch_size: 8}")
     last = printed(capsys, lambda: fit.main(["fit", "--config", config(spec)]))
-    assert "NpzImages has label 4, but the model predicts 4 classes (labels 0 to 3)" in last
+    assert "NpzDataModule has label 4, but the model predicts 4 classes (labels 0 to 3)" in last
 
 
 def test_nan_in_an_npz_is_a_clear_error_at_setup(capsys):
     import numpy as np
 
-    from research.data import NpzImages
+    from research.data import NpzDataModule
 
     images = np.full((8, 4, 4), 0.5, np.float32)
     images[3, 1, 1] = np.nan
     np.savez("nan.npz", images=images, labels=np.arange(8) % 2)
-    last = printed(capsys, lambda: NpzImages("nan.npz"))
+    last = printed(capsys, lambda: NpzDataModule("nan.npz").setup())
     assert "nan.npz['images'] holds NaN or inf in 1 of its 8 entries (the first: index 3)" in last
 
 
 def test_an_empty_class_folder_that_is_not_the_first_is_named(capsys):
     from PIL import Image
 
-    from research.data import ImageFolderData
+    from research.data import ImageFolderDataModule
 
     for name in ("cat", "dog"):
         Path(f"images/train/{name}").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save("images/train/cat/0.png")
-    last = printed(capsys, lambda: ImageFolderData("images"))
+    last = printed(capsys, lambda: ImageFolderDataModule("images"))
     assert "class folder dog under images/train holds no image" in last
 
 
@@ -294,7 +294,8 @@ def _image_folder(corrupt: str = "dog/9.png") -> None:
 def test_an_unreadable_image_is_named_before_training(capsys):
     _image_folder()
     spec = TINY.replace("num_classes: 4, in_chans: 1, img_size: 16", "num_classes: 2, in_chans: 3, img_size: 16")
-    spec = spec.replace("class_path: research.data.SyntheticImages", "class_path: research.data.ImageFolderData")
+    spec = spec.replace("class_path: research.data.SyntheticDataModule",
+                        "class_path: research.data.ImageFolderDataModule")
     spec = spec.replace("{num_samples: 16, num_classes: 4, img_size: 16, in_chans: 1, batch_size: 8}",
                         "{root: images, batch_size: 2, img_size: 16}")
     last = printed(capsys, lambda: fit.main(["fit", "--config", config(spec)]))
@@ -305,10 +306,10 @@ def test_an_unreadable_image_is_named_before_training(capsys):
 
 
 def test_unreadable_images_can_be_skipped_with_a_warning_and_a_count():
-    from research.data import ImageFolderData
+    from research.data import ImageFolderDataModule
 
     _image_folder()
-    data = ImageFolderData("images", batch_size=2, skip_unreadable=True)
+    data = ImageFolderDataModule("images", batch_size=2, skip_unreadable=True)
     with pytest.warns(UserWarning, match=r"skipping 1 of the 9 image files under images/train that cannot be "
                                          r"read \(skip_unreadable=True\): images/train/dog/9.png"):
         data.setup("fit")
@@ -316,12 +317,12 @@ def test_unreadable_images_can_be_skipped_with_a_warning_and_a_count():
 
 
 def test_an_unreadable_first_image_is_named(capsys):
-    from research.data import ImageFolderData
+    from research.data import ImageFolderDataModule
 
     _image_folder("cat/0.png")
-    last = printed(capsys, lambda: ImageFolderData("images"))
+    last = printed(capsys, lambda: ImageFolderDataModule("images").setup())  # the first image is read then
     assert "image file images/train/cat/0.png cannot be read (cannot identify image file); fix or remove it" in last
-    data = ImageFolderData("images", batch_size=2, skip_unreadable=True)  # the next readable one sets the defaults
+    data = ImageFolderDataModule("images", batch_size=2, skip_unreadable=True)  # the next readable one: the defaults
     assert data.in_chans == 3
 
 
@@ -330,7 +331,7 @@ def test_an_image_that_breaks_while_loading_is_named_from_a_worker(capsys):
     from PIL import Image
     from torch.utils.data import DataLoader
 
-    from research.data.vision import ImageFiles
+    from research.data.image_folder import ImageFiles
 
     Image.new("RGB", (64, 64), (200, 10, 10)).save("whole.jpg")
     Path("cut.jpg").write_bytes(Path("whole.jpg").read_bytes()[:300])

@@ -1,36 +1,63 @@
-"""Datamodules for the tasks in research.tasks: images (float32 in [0, 1]) with labels; text for MLM."""
+"""Datamodules for the tasks in research.tasks: images (float32 in [0, 1]) with labels; text for MLM.
+
+Every datamodule's name ends in ``DataModule``. A run saved before they did names its datamodule
+by the old name; :data:`FORMER_NAMES` maps those to today's, for whoever reads such a config.
+"""
 
 from research.data.augment import AUGMENT_STEPS, BatchAugment
-from research.data.functions import FunctionRegression
-from research.data.mlm import MaskedLMDataModule, MLMCollator, mask_tokens_for_mlm
-from research.data.torchvision_sets import CIFAR10, CIFAR100, MNIST, FashionMNIST, TorchvisionData
-from research.data.translation import LengthBucketSampler, TranslationDataModule
-from research.data.vision import (
-    EmbeddedMNIST,
-    ImageFolderData,
-    NpzImages,
-    SyntheticImages,
-    VisionDataModule,
+from research.data.functions import FunctionRegressionDataModule
+from research.data.image_folder import ImageFolderDataModule
+from research.data.mlm import (
+    MaskedLanguageModellingCollator,
+    MaskedLanguageModellingDataModule,
+    mask_tokens_for_mlm,
 )
-from research.data.words import LanguageWords
+from research.data.npz import EmbeddedMNISTDataModule, NpzDataModule
+from research.data.synthetic import SyntheticDataModule
+from research.data.torchvision_sets import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    FashionMNISTDataModule,
+    MNISTDataModule,
+    TorchvisionDataModule,
+)
+from research.data.translation import LengthBucketSampler, TranslationDataModule
+from research.data.vision import VisionDataModule
+from research.data.words import LanguageWordsDataModule
+
+# research.data.<old name> -> research.data.<new name> (issue 16)
+FORMER_NAMES = {
+    "CIFAR10": "CIFAR10DataModule",
+    "CIFAR100": "CIFAR100DataModule",
+    "EmbeddedMNIST": "EmbeddedMNISTDataModule",
+    "FashionMNIST": "FashionMNISTDataModule",
+    "FunctionRegression": "FunctionRegressionDataModule",
+    "ImageFolderData": "ImageFolderDataModule",
+    "LanguageWords": "LanguageWordsDataModule",
+    "MaskedLMDataModule": "MaskedLanguageModellingDataModule",
+    "MNIST": "MNISTDataModule",
+    "NpzImages": "NpzDataModule",
+    "SyntheticImages": "SyntheticDataModule",
+}
 
 __all__ = [
     "AUGMENT_STEPS",
-    "CIFAR10",
-    "CIFAR100",
-    "MNIST",
-    "MLMCollator",
+    "FORMER_NAMES",
     "BatchAugment",
-    "EmbeddedMNIST",
-    "FashionMNIST",
-    "FunctionRegression",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "EmbeddedMNISTDataModule",
+    "FashionMNISTDataModule",
+    "FunctionRegressionDataModule",
+    "ImageFolderDataModule",
+    "LanguageWordsDataModule",
     "LengthBucketSampler",
-    "ImageFolderData",
-    "LanguageWords",
-    "MaskedLMDataModule",
-    "NpzImages",
-    "SyntheticImages",
-    "TorchvisionData",
+    "MNISTDataModule",
+    "MaskedLanguageModellingCollator",
+    "MaskedLanguageModellingDataModule",
+    "NpzDataModule",
+    "SyntheticDataModule",
+    "TorchvisionDataModule",
     "TranslationDataModule",
     "VisionDataModule",
     "mask_tokens_for_mlm",

@@ -1,6 +1,6 @@
 """Samples of a known function of one variable, for non-linear regression (our notes' second task).
 
-:class:`FunctionRegression` draws x uniformly on [low, high] (by default [-2 pi, 2 pi]) and sets
+:class:`FunctionRegressionDataModule` draws x uniformly on [low, high] (by default [-2 pi, 2 pi]) and sets
 y = f(x) for a function named in :data:`FUNCTIONS`. Optional Gaussian noise goes on the *training*
 targets only: validation and test targets are the function itself, so their MSE is the distance
 of the fitted curve from the true one and a perfect fit reads 0 whatever the noise.
@@ -76,7 +76,7 @@ def sample_function(
     return x, fn(x)
 
 
-class FunctionRegression(SplitDataModule):
+class FunctionRegressionDataModule(SplitDataModule):
     """Batches ``(x, y)`` of (B, 1) float32 tensors with y = f(x), x uniform on [low, high].
 
     Args:

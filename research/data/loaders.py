@@ -10,7 +10,7 @@ run resumed in epoch 2 starts fresh workers. So nothing here lives in a stream:
   calls ``set_epoch`` on ``dataloader.batch_sampler.sampler`` before every epoch, the resumed one
   included, and injects its own ``DistributedSampler`` (also ordered by seed and epoch) under DDP;
 - every training batch is fetched and collated with torch's, Python's and NumPy's global generators
-  seeded from (seed, epoch, batch index, rank) (:class:`SeededBatchSampler`, :class:`SeededFetch`),
+  seeded from (seed, epoch, batch index, rank) (:class:`SeededBatchSampler`, :class:`ReadBatch`),
   in whichever process loads it; the main process's generators are put back afterwards, so with
   ``num_workers=0`` the model's dropout stream is untouched. Augmentation (crops, flips, timm's
   RandAugment) and MLM masking are thus the same with any ``num_workers`` and persistence;
@@ -26,6 +26,10 @@ run resumed in epoch 2 starts fresh workers. So nothing here lives in a stream:
   calling ``set_epoch``;
 - each loader has a generator of its own, so creating an iterator (which draws the workers' base
   seed) never advances the global generator that :class:`~research.callbacks.RNGState` saves;
+- a batch is read whole, through DataLoader's documented roles only: the loader's dataset is
+  :class:`Indices` (item i is i), so a batch sampler's list of indices reaches the ``collate_fn``
+  (:class:`ReadBatch`), which reads the examples from the split (in-memory images in one indexing
+  operation, :func:`read_examples`) and batches them;
 - an evaluation split comes in a fixed random order (:func:`fixed_order`), so ``fast_dev_run`` and
   ``limit_val_batches`` see every class, and the same examples in every run with the same seed.
 
@@ -37,9 +41,8 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -87,12 +90,15 @@ class EpochShuffle(RandomSampler):
         yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
 
-@dataclass(frozen=True)
-class SeededIndices:
-    """One batch's indices and the seeds (torch, Python, NumPy) of its random draws."""
+class SeededIndices(list):
+    """One batch's indices (a list, as a batch sampler yields) with ``seeds``.
 
-    indices: list[int]
-    seeds: tuple[int, int, int]
+    ``seeds`` are those of the batch's torch, Python and NumPy draws.
+    """
+
+    def __init__(self, indices: Iterable[int], seeds: tuple[int, int, int]):
+        super().__init__(indices)
+        self.seeds = seeds
 
 
 class SeededBatchSampler(BatchSampler):
@@ -115,8 +121,11 @@ class SeededBatchSampler(BatchSampler):
 
 
 @contextmanager
-def seeded_generators(seeds: tuple[int, int, int]):
-    """Seed torch's (CPU), Python's and NumPy's global generators; put their states back on exit."""
+def seeded_generators(seeds: tuple[int, int, int] | None):
+    """Seed torch's (CPU), Python's and NumPy's global generators; put their states back on exit (None: no-op)."""
+    if seeds is None:
+        yield
+        return
     saved = torch.get_rng_state(), random.getstate(), np.random.get_state()
     torch.default_generator.manual_seed(seeds[0])  # not torch.manual_seed: that would reseed CUDA too
     random.seed(seeds[1])
@@ -129,30 +138,57 @@ def seeded_generators(seeds: tuple[int, int, int]):
         np.random.set_state(saved[2])
 
 
-class SeededFetch(Dataset):
-    """``dataset`` and its ``collate``: a whole batch made under the seeds of its :class:`SeededIndices`.
+def read_examples(dataset: Dataset, indices: list[int]):
+    """The examples of ``dataset`` at ``indices``: one ``read_batch(indices)`` call where the dataset has it.
 
-    The fetch is inside the seeded block too, for datasets that draw when read (MLM's random next
-    sentences); the loader's own ``collate_fn`` then passes the batch on as it is.
+    A dataset that holds its split as tensors (:class:`~research.data.vision.TensorImages`) reads a
+    whole batch in one indexing operation and returns it batched; any other gives a list of examples.
+    ``Subset`` layers are looked through.
+    """
+    while isinstance(dataset, Subset):
+        indices, dataset = [dataset.indices[i] for i in indices], dataset.dataset
+    read_batch = getattr(dataset, "read_batch", None)
+    return read_batch(indices) if read_batch is not None else [dataset[i] for i in indices]
+
+
+class Indices(Dataset):
+    """The DataLoader's dataset: item ``i`` is ``i``, so a batch of indices reaches the collate whole.
+
+    ``__getitems__`` (torch's hook for batched reads) hands the batch sampler's list back as it is, so
+    a :class:`SeededIndices` keeps its seeds; :class:`ReadBatch` then reads the examples.
     """
 
-    def __init__(self, dataset: Dataset, collate: Callable):
-        self.dataset, self.collate = dataset, collate
+    def __init__(self, length: int):
+        self.length = length
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return self.length
 
-    def __getitems__(self, batch: SeededIndices):
-        with seeded_generators(batch.seeds):
-            if getattr(self.dataset, "__getitems__", None):
-                examples = self.dataset.__getitems__(batch.indices)
-            else:
-                examples = [self.dataset[i] for i in batch.indices]
-            return self.collate(examples)
+    def __getitem__(self, index: int) -> int:
+        return index
+
+    def __getitems__(self, indices: list[int]) -> list[int]:
+        return indices
 
 
-def _as_is(batch):
-    return batch
+class ReadBatch:
+    """A loader's ``collate_fn``: read a batch of indices from ``dataset`` and ``collate`` it.
+
+    Both the read and the collate run under the batch's seeds when it has them (:class:`SeededIndices`):
+    MLM's random next sentences are drawn when read, augmentation and masking when collated.
+
+    Args:
+        dataset: the split.
+        collate: how to batch what :func:`read_examples` returns (None: torch's default).
+
+    """
+
+    def __init__(self, dataset: Dataset, collate: Callable | None = None):
+        self.dataset, self.collate = dataset, collate or default_collate
+
+    def __call__(self, indices: list[int]):
+        with seeded_generators(getattr(indices, "seeds", None)):
+            return self.collate(read_examples(self.dataset, indices))
 
 
 class Loader(DataLoader):
@@ -222,7 +258,7 @@ def make_loader(
         batch_size: examples per batch (or give ``batch_sampler``).
         batch_sampler: a sampler of whole batches that orders them itself from (seed, epoch), such
             as the translation's length buckets; the collate must then draw nothing at random.
-        collate_fn: how to batch examples (None: torch's default).
+        collate_fn: how to batch what :func:`read_examples` returns (None: torch's default).
         num_workers: worker processes; they persist across epochs when there are any.
         pin_memory: pin batches in page-locked memory.
         drop_last: drop the last incomplete batch (training).
@@ -231,23 +267,23 @@ def make_loader(
 
     """
     common = dict(
+        collate_fn=ReadBatch(dataset, collate_fn),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         pin_memory=pin_memory,
         # the workers' base seed is drawn from this, not from the global generator: see the module docstring
         generator=torch.Generator().manual_seed(_derive(_ORDER, seed or 0, -1)[0]),
     )
+    indices = Indices(len(dataset))
     if batch_sampler is not None:
-        loader = Loader(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn, **common)
+        loader = Loader(indices, batch_sampler=batch_sampler, **common)
         _set_sampler_epoch(loader, epoch)
         return loader
     if shuffle:
-        sampler = EpochShuffle(dataset, seed=seed or 0)
+        sampler = EpochShuffle(indices, seed=seed or 0)
         sampler.set_epoch(epoch)
         batches = SeededBatchSampler(sampler, batch_size, drop_last, seed=seed or 0, rank=rank)
-        return Loader(
-            SeededFetch(dataset, collate_fn or default_collate), batch_sampler=batches, collate_fn=_as_is, **common
-        )
+        return Loader(indices, batch_sampler=batches, **common)
     if seed is not None:
-        dataset = Subset(dataset, fixed_order(len(dataset), seed))
-    return Loader(dataset, batch_size=batch_size, shuffle=False, drop_last=drop_last, collate_fn=collate_fn, **common)
+        indices = Subset(indices, fixed_order(len(dataset), seed))
+    return Loader(indices, batch_size=batch_size, shuffle=False, drop_last=drop_last, **common)

@@ -2,12 +2,12 @@
 
 :func:`mask_tokens_for_mlm` selects 15% of the non-special tokens; of those 80% become
 ``[MASK]``, 10% a random token and 10% stay, and only they carry a label (-100 elsewhere, the
-``ignore_index`` of the loss). :class:`MLMCollator` pads a batch and draws that masking anew for
+``ignore_index`` of the loss). :class:`MaskedLanguageModellingCollator` pads a batch and draws that masking anew for
 every training batch (RoBERTa's dynamic masking, Liu et al. 2019, Sec. 4.1), while the validation
 and test examples are masked once with a fixed seed, so their metrics are comparable across
 epochs and runs.
 
-:class:`MaskedLMDataModule` reads a corpus (:mod:`research.data.text`), gets a subword tokenizer
+:class:`MaskedLanguageModellingDataModule` reads a corpus (:mod:`research.data.text`), gets a subword tokenizer
 (:mod:`research.data.tokenizer`), packs consecutive lines of each split into sequences of at most
 ``max_length`` tokens, ``[CLS] A [SEP]``, or with ``sentence_pairs`` ``[CLS] A [SEP] B [SEP]``
 with segment ids, optionally for next-sentence prediction (off by default: RoBERTa, Sec. 4.2,
@@ -23,16 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cached_property
-from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from research.data.splits import SplitDataModule
-from research.data.text import Splits, check_utf8, text_corpus
-from research.data.tokenizer import SpecialTokens, text_tokenizer
+from research.data.text import Splits, text_corpus
+from research.data.tokenized import TokenizedCorpusDataModule
+from research.data.tokenizer import SpecialTokens
 
 IGNORE_INDEX = -100  # labels of unselected positions: F.cross_entropy's default ignore_index
 
@@ -130,7 +128,7 @@ def pack_lines(lines: Sequence[Sequence[int]], *, budget: int) -> list[list[int]
     return blocks
 
 
-class MLMExamples(Dataset):
+class MaskedLanguageModellingExamples(Dataset):
     """Token blocks as unmasked BERT inputs: ``[CLS] A [SEP]``, or pairs ``[CLS] A [SEP] B [SEP]``.
 
     In pair mode example i has A = block i and B = block i + 1. With next-sentence prediction B
@@ -192,11 +190,11 @@ class MLMExamples(Dataset):
         return example
 
 
-class MLMCollator:
+class MaskedLanguageModellingCollator:
     """Pad BERT examples into a batch and mask them (:func:`mask_tokens_for_mlm`), anew every call.
 
     Examples that already carry ``labels`` (evaluation sets masked once, see
-    :meth:`MaskedLMDataModule.setup`) are padded as they are.
+    :meth:`MaskedLanguageModellingDataModule.setup`) are padded as they are.
 
     Args:
         special: the special-token ids of the vocabulary.
@@ -258,13 +256,11 @@ class MLMCollator:
         return batch
 
 
-class MaskedLMDataModule(SplitDataModule):
+class MaskedLanguageModellingDataModule(TokenizedCorpusDataModule):
     """Masked-language-model batches from a text corpus and a subword tokenizer.
 
-    ``tokenizer``, ``vocab_size`` (the tokenizer's, which a trained vocabulary may leave below
-    the requested size), ``special_tokens`` and ``max_length`` are known before ``setup``, so that
-    a task can build or check its model against them; reading them first reads the corpus and
-    trains (or loads the cached) tokenizer, a few seconds for the embedded corpus.
+    ``tokenizer``, ``vocab_size``, ``special_tokens`` and ``max_length`` are known before ``setup``
+    (see :class:`~research.data.tokenized.TokenizedCorpusDataModule`).
 
     Args:
         corpus: text file(s), one text a line, or ``.tsv``/``.tsv.gz`` files (see
@@ -310,7 +306,6 @@ class MaskedLMDataModule(SplitDataModule):
         test_fraction: float = 0.05,
         seed: int = 0,
     ) -> None:
-        super().__init__()
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
         if max_length < (5 if sentence_pairs else 3):
@@ -321,14 +316,14 @@ class MaskedLMDataModule(SplitDataModule):
             raise ValueError("next_sentence_prediction needs sentence_pairs: true")
         if not 0 < mask_prob < 1:
             raise ValueError(f"mask_prob must lie in (0, 1), got {mask_prob}; BERT uses 0.15")
-        for path in [corpus] if isinstance(corpus, str) else corpus or []:
-            if not Path(path).is_file():  # stop at construction, before a Trainer starts
-                raise FileNotFoundError(f"corpus file {path!r} does not exist; check data.corpus in the config")
-        check_utf8(*([corpus] if isinstance(corpus, str) else corpus or []))
-        if tokenizer is not None and not Path(tokenizer).is_file():
-            raise FileNotFoundError(f"tokenizer file {tokenizer!r} does not exist; pass a vocab.txt or tokenizer.json")
-        self.corpus, self.tsv_column, self.tokenizer_file = corpus, tsv_column, tokenizer
-        self.trained_vocab_size, self.lowercase, self.cache_dir = vocab_size, lowercase, Path(cache_dir)
+        super().__init__(
+            corpus_files=[corpus] if isinstance(corpus, str) else corpus or [],
+            tokenizer=tokenizer,
+            vocab_size=vocab_size,
+            lowercase=lowercase,
+            cache_dir=cache_dir,
+        )
+        self.corpus, self.tsv_column = corpus, tsv_column
         self.max_length, self.max_words, self.mask_prob = max_length, max_words, mask_prob
         self.sentence_pairs, self.next_sentence_prediction = sentence_pairs, next_sentence_prediction
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -349,31 +344,14 @@ class MaskedLMDataModule(SplitDataModule):
             seed=self.seed,
         )
 
-    @cached_property
-    def tokenizer(self) -> Tokenizer:
-        """The loaded tokenizer, or one trained on the training split (cached in ``cache_dir``)."""
-        return text_tokenizer(
-            self.texts.train,
-            tokenizer_file=self.tokenizer_file,
-            vocab_size=self.trained_vocab_size,
-            cache_dir=self.cache_dir,
-            lowercase=self.lowercase,
-        )
+    def tokenizer_texts(self) -> list[str]:
+        return self.texts.train
 
-    @property
-    def vocab_size(self) -> int:
-        """Number of tokens of the tokenizer's vocabulary: the model's embedding rows."""
-        return self.tokenizer.get_vocab_size()
-
-    @property
-    def special_tokens(self) -> SpecialTokens:
-        return SpecialTokens.of(self.tokenizer)
-
-    def _examples(self, texts: list[str], generator: torch.Generator | None = None) -> MLMExamples:
+    def _examples(self, texts: list[str], generator: torch.Generator | None = None) -> MaskedLanguageModellingExamples:
         lines = [encoding.ids for encoding in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
         # Room for [CLS] A [SEP], or [CLS] A [SEP] B [SEP] with A and B of at most half the rest each.
         budget = (self.max_length - 3) // 2 if self.sentence_pairs else self.max_length - 2
-        return MLMExamples(
+        return MaskedLanguageModellingExamples(
             pack_lines(lines, budget=budget),
             special=self.special_tokens,
             sentence_pairs=self.sentence_pairs,
@@ -384,7 +362,7 @@ class MaskedLMDataModule(SplitDataModule):
     def _fixed(self, texts: list[str], seed: int) -> list[dict[str, Tensor]]:
         """Evaluation examples with their pairs and masks drawn once, from ``seed``."""
         generator = torch.Generator().manual_seed(seed)
-        collator = MLMCollator(
+        collator = MaskedLanguageModellingCollator(
             special=self.special_tokens, vocab_size=self.vocab_size, mask_prob=self.mask_prob, generator=generator
         )
         examples = list(self._examples(texts, generator))
@@ -406,5 +384,7 @@ class MaskedLMDataModule(SplitDataModule):
         self.val_set = self._fixed(self.texts.val, self.seed)
         self.test_set = self._fixed(self.texts.test, self.seed + 1)
 
-    def collate(self) -> MLMCollator:
-        return MLMCollator(special=self.special_tokens, vocab_size=self.vocab_size, mask_prob=self.mask_prob)
+    def collate(self, split: str) -> MaskedLanguageModellingCollator:
+        return MaskedLanguageModellingCollator(
+            special=self.special_tokens, vocab_size=self.vocab_size, mask_prob=self.mask_prob
+        )

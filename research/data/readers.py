@@ -1,7 +1,7 @@
 """Readers for the on-disk formats of the classic image datasets, straight into numpy arrays.
 
 - idx: the big-endian format of MNIST and Fashion-MNIST (http://yann.lecun.com/exdb/mnist/),
-  plain or gzipped.
+  plain or gzipped; :func:`write_idx` writes it, for stand-in datasets.
 - CIFAR pickles: the "python version" batches of CIFAR-10/100
   (https://www.cs.toronto.edu/~kriz/cifar.html).
 """
@@ -44,6 +44,22 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(data) != expected:
         raise ValueError(f"{path} holds {len(data)} bytes but its header {shape} needs {expected}")
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> Path:
+    """Write ``array`` as a uint8 idx file (gzipped if the name ends in ``.gz``), the inverse of :func:`read_idx`.
+
+    The file appears at once (written beside it, then renamed), so a concurrent reader never sees
+    half of it. Used for stand-in datasets (quick reproduce runs, tests).
+    """
+    path, array = Path(path), np.asarray(array)
+    data = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data += array.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.partial")
+    partial.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+    partial.replace(path)
+    return path
 
 
 def read_cifar_batches(paths: list[str | Path], labels_key: str) -> tuple[np.ndarray, np.ndarray]:

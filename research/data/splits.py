@@ -1,51 +1,71 @@
-"""The loaders of a datamodule whose three splits live in memory (built by its ``setup``)."""
+"""The base of every datamodule: three splits in memory after ``setup`` and the one way to load them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from research.data.loaders import TEST_ORDER_SEED, make_loader, run_seed, trainer_position
 
+SPLITS = ("train", "val", "test", "predict")
+
 
 class SplitDataModule(L.LightningDataModule):
-    """Train, validation, test (and predict, on the test split) loaders over ``train_set``/``val_set``/``test_set``.
+    """Train, validation, test and predict (the test split) loaders over ``train_set``/``val_set``/``test_set``.
 
     A subclass sets ``batch_size``, ``num_workers`` and ``seed`` in ``__init__`` and the three sets in
-    ``setup``, and returns how to batch its examples from :meth:`collate` (None: torch's default).
-    The validation split comes in a fixed order drawn from ``seed``, the test split in one that
-    ignores it, the training split in a new order every epoch (see :mod:`research.data.loaders`).
+    ``setup``; it may say how to batch a split's examples (:meth:`collate`, None: torch's default) or
+    order whole batches itself (:meth:`batch_sampler`). The training split comes in a new order every
+    epoch drawn from the run's seed, the validation split in a fixed order drawn from ``seed``, the
+    test split in one that ignores it, and predict in the test split's own order (see
+    :mod:`research.data.loaders`).
     """
 
-    batch_size: int
+    batch_size: int | None
     num_workers: int
     seed: int
+    pin_memory: bool = False
+    drop_last: bool = False  # of the training split's last, incomplete batch
 
-    def collate(self) -> Callable | None:
+    train_set: Dataset | None = None
+    val_set: Dataset | None = None
+    test_set: Dataset | None = None
+
+    def collate(self, split: str) -> Callable | None:
+        """How to batch the examples of ``split`` (one of :data:`SPLITS`); None: torch's default."""
         return None
 
-    def _loader(self, dataset: Dataset | list, *, shuffle: bool, seed: int | None = None) -> DataLoader:
+    def batch_sampler(self, split: str) -> Sampler[list[int]] | None:
+        """A sampler of whole batches of ``split`` that orders them itself; None: batches of ``batch_size``."""
+        return None
+
+    def loader(self, split: str) -> DataLoader:
+        """The loader of ``split``, one of :data:`SPLITS`; call :meth:`setup` first."""
+        train = split == "train"
         return make_loader(
-            dataset,
-            seed=run_seed() if shuffle else seed,
-            shuffle=shuffle,
+            self.test_set if split == "predict" else getattr(self, f"{split}_set"),
+            seed={"train": run_seed(), "val": self.seed, "test": TEST_ORDER_SEED, "predict": None}[split],
+            shuffle=train,
             batch_size=self.batch_size,
+            batch_sampler=self.batch_sampler(split),
+            collate_fn=self.collate(split),
             num_workers=self.num_workers,
-            collate_fn=self.collate(),
+            pin_memory=self.pin_memory,
+            drop_last=train and self.drop_last,
             **trainer_position(self),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self.loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False, seed=self.seed)
+        return self.loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False, seed=TEST_ORDER_SEED)
+        return self.loader("test")
 
     def predict_dataloader(self) -> DataLoader:
         """The test split in its own order."""
-        return self._loader(self.test_set, shuffle=False)
+        return self.loader("predict")

@@ -14,13 +14,13 @@ import torchvision
 from torch.utils.data import Dataset
 
 from research.data.readers import read_cifar_batches, read_idx
-from research.data.vision import VisionDataModule
+from research.data.vision import ImageSource, VisionDataModule
 
 
-class TorchvisionData(VisionDataModule):
+class TorchvisionDataModule(VisionDataModule):
     """Base of the datasets that torchvision downloads: file checks and the download itself.
 
-    A subclass sets the class constants below and implements ``_load_splits``. ``mean`` and
+    A subclass sets the class constants below (its :meth:`describe`) and implements ``load``. ``mean`` and
     ``std`` are the published statistics of the native images (converted for ``in_chans``), so
     they are known before any file is read; resizing changes the std a little (MNIST at 32 px:
     about 0.29 instead of 0.308), which is harmless for normalisation.
@@ -47,15 +47,13 @@ class TorchvisionData(VisionDataModule):
     def __init__(self, root: str | Path = "data", *, download: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.root, self.download = Path(root), download
-        self._set_source(
-            in_chans=self.IN_CHANS,
-            img_size=self.IMG_SIZE,
-            class_names=self.CLASSES,
-            mean=self.MEAN,
-            std=self.STD,
-        )
         if not download:
             self._check_files()
+
+    def describe(self) -> ImageSource:
+        return ImageSource(
+            in_chans=self.IN_CHANS, img_size=self.IMG_SIZE, class_names=self.CLASSES, mean=self.MEAN, std=self.STD
+        )
 
     @property
     def raw_dir(self) -> Path:
@@ -69,8 +67,9 @@ class TorchvisionData(VisionDataModule):
     def _check_files(self) -> None:
         missing = [name for name in self.FILES if self._find(name) is None]
         if missing:
+            name = type(self).__name__.removesuffix("DataModule")  # the dataset's name, as torchvision spells it
             raise FileNotFoundError(
-                f"{type(self).__name__}: {', '.join(missing)} not found in {self.raw_dir.resolve()}. "
+                f"{name}: {', '.join(missing)} not found in {self.raw_dir.resolve()}. "
                 f"Set download=true in the config (--data.download true on the command line) to fetch "
                 f"them there, or copy the files there yourself (root={str(self.root)!r})."
             )
@@ -86,11 +85,11 @@ class TorchvisionData(VisionDataModule):
         super().setup(stage)
 
 
-class MNIST(TorchvisionData):
+class MNISTDataModule(TorchvisionDataModule):
     """MNIST: 60,000 train and 10,000 test 28x28 grey handwritten digits (LeCun et al. 1998).
 
     Reads the idx files (plain or ``.gz``) from ``root/MNIST/raw/``. Arguments as for
-    :class:`TorchvisionData`.
+    :class:`TorchvisionDataModule`.
     """
 
     FOLDER = "MNIST/raw"
@@ -105,15 +104,15 @@ class MNIST(TorchvisionData):
     IN_CHANS, IMG_SIZE = 1, 28
     MEAN, STD = (0.1307,), (0.3081,)
 
-    def _load_splits(self) -> dict[str, Dataset]:
+    def load(self) -> dict[str, Dataset]:
         def split(prefix: str) -> Dataset:
             images = read_idx(self._find(f"{prefix}-images-idx3-ubyte"))  # (N, 28, 28)
-            return self._tensor_split(images[:, None], read_idx(self._find(f"{prefix}-labels-idx1-ubyte")))
+            return self.tensor_split(images[:, None], read_idx(self._find(f"{prefix}-labels-idx1-ubyte")))
 
         return {"train": split("train"), "test": split("t10k")}
 
 
-class FashionMNIST(MNIST):
+class FashionMNISTDataModule(MNISTDataModule):
     """Fashion-MNIST: 60,000 train and 10,000 test 28x28 grey clothing images (Xiao et al. 2017).
 
     The same idx format as MNIST, read from ``root/FashionMNIST/raw/``.
@@ -136,7 +135,7 @@ class FashionMNIST(MNIST):
     MEAN, STD = (0.2860,), (0.3530,)
 
 
-class CIFAR10(TorchvisionData):
+class CIFAR10DataModule(TorchvisionDataModule):
     """CIFAR-10: 50,000 train and 10,000 test 32x32 colour images in 10 classes (Krizhevsky 2009).
 
     Reads the python-version batches from ``root/cifar-10-batches-py/``.
@@ -153,14 +152,14 @@ class CIFAR10(TorchvisionData):
     # The std of all train pixels; the often quoted (0.2023, 0.1994, 0.2010) does not match the data.
     MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
-    def _load_splits(self) -> dict[str, Dataset]:
+    def load(self) -> dict[str, Dataset]:
         def split(names: tuple[str, ...]) -> Dataset:
-            return self._tensor_split(*read_cifar_batches([self._find(n) for n in names], self.LABELS_KEY))
+            return self.tensor_split(*read_cifar_batches([self._find(n) for n in names], self.LABELS_KEY))
 
         return {"train": split(self.TRAIN_FILES), "test": split(self.TEST_FILES)}
 
 
-class CIFAR100(CIFAR10):
+class CIFAR100DataModule(CIFAR10DataModule):
     """CIFAR-100: 50,000 train and 10,000 test 32x32 colour images in 100 fine classes.
 
     Reads ``train`` and ``test`` from ``root/cifar-100-python/``; the labels are the fine ones.

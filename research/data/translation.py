@@ -21,17 +21,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from functools import cached_property
-from pathlib import Path
 
-import lightning as L
 import torch
-from tokenizers import Tokenizer
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
-from research.data.loaders import TEST_ORDER_SEED, make_loader, trainer_position
-from research.data.text import Splits, check_utf8, parallel_corpus
-from research.data.tokenizer import SpecialTokens, text_tokenizer
+from research.data.loaders import TEST_ORDER_SEED
+from research.data.text import Splits, parallel_corpus
+from research.data.tokenized import TokenizedCorpusDataModule
 
 
 class TranslationPairs(Dataset):
@@ -239,7 +236,7 @@ def padding_fraction(batches: Sequence[Sequence[int]], *, src_lengths: Sequence[
     return (padded - tokens) / max(padded, 1)
 
 
-class TranslationDataModule(L.LightningDataModule):
+class TranslationDataModule(TokenizedCorpusDataModule):
     """Sentence pairs for translation, with one subword vocabulary shared by both languages.
 
     ``tokenizer``, ``vocab_size`` (the tokenizer's: a trained vocabulary may end below the
@@ -296,7 +293,6 @@ class TranslationDataModule(L.LightningDataModule):
         test_fraction: float = 0.05,
         seed: int = 0,
     ) -> None:
-        super().__init__()
         if (batch_size is None) == (max_tokens is None):
             raise ValueError(
                 f"give exactly one of batch_size and max_tokens (set the other to null), got "
@@ -306,13 +302,14 @@ class TranslationDataModule(L.LightningDataModule):
             raise ValueError(f"need eval_batch_size >= 1 and num_workers >= 0, got {eval_batch_size}, {num_workers}")
         if max_length < 3:
             raise ValueError(f"max_length={max_length} leaves no room for text next to [CLS] and [SEP]; use 128")
-        if corpus is not None and not Path(corpus).is_file():  # stop at construction, before a Trainer starts
-            raise FileNotFoundError(f"corpus file {corpus!r} does not exist; check data.corpus in the config")
-        check_utf8(corpus)
-        if tokenizer is not None and not Path(tokenizer).is_file():
-            raise FileNotFoundError(f"tokenizer file {tokenizer!r} does not exist; pass a vocab.txt or tokenizer.json")
-        self.corpus, self.reverse, self.tokenizer_file = corpus, reverse, tokenizer
-        self.trained_vocab_size, self.lowercase, self.cache_dir = vocab_size, lowercase, Path(cache_dir)
+        super().__init__(
+            corpus_files=[] if corpus is None else [corpus],
+            tokenizer=tokenizer,
+            vocab_size=vocab_size,
+            lowercase=lowercase,
+            cache_dir=cache_dir,
+        )
+        self.corpus, self.reverse = corpus, reverse
         self.max_length, self.min_words, self.max_words, self.max_ratio = max_length, min_words, max_words, max_ratio
         self.batch_size, self.max_tokens, self.eval_batch_size = batch_size, max_tokens, eval_batch_size
         self.pool_size, self.num_workers = pool_size, num_workers
@@ -335,27 +332,10 @@ class TranslationDataModule(L.LightningDataModule):
         )
         return splits.map(lambda pairs: [(b, a) for a, b in pairs]) if self.reverse else splits
 
-    @cached_property
-    def tokenizer(self) -> Tokenizer:
-        """The loaded tokenizer, or one trained on both sides of the training split (cached)."""
+    def tokenizer_texts(self) -> list[str]:
+        """Both sides of the training pairs: one vocabulary for both languages."""
         train = self.pairs.train
-        return text_tokenizer(
-            [source for source, _ in train] + [target for _, target in train],
-            tokenizer_file=self.tokenizer_file,
-            vocab_size=self.trained_vocab_size,
-            cache_dir=self.cache_dir,
-            lowercase=self.lowercase,
-        )
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of tokens of the shared vocabulary: the model's embedding rows."""
-        return self.tokenizer.get_vocab_size()
-
-    @property
-    def special_tokens(self) -> SpecialTokens:
-        """Ids of ``[PAD]`` (padding), ``[CLS]`` (BOS), ``[SEP]`` (EOS) and the others."""
-        return SpecialTokens.of(self.tokenizer)
+        return [source for source, _ in train] + [target for _, target in train]
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of token ids, special tokens dropped: the text they encode, as the tokenizer normalised it."""
@@ -390,7 +370,8 @@ class TranslationDataModule(L.LightningDataModule):
         return {"train": self.train_set, "val": self.val_set, "test": self.test_set}[name]
 
     def batch_sampler(self, split: str) -> LengthBucketSampler:
-        """The batch sampler of ``split`` ("train", "val" or "test"); call :meth:`setup` first."""
+        """The batch sampler of ``split`` ("train", "val", "test"; "predict": test's); call :meth:`setup` first."""
+        split = "test" if split == "predict" else split
         dataset = self.split(split)
         lengths = [max(s, t) for s, t in zip(dataset.src_lengths, dataset.tgt_lengths)]
         trainer = self.trainer  # under DDP each process takes its share of the batches
@@ -407,28 +388,12 @@ class TranslationDataModule(L.LightningDataModule):
         seed = self.seed if split == "val" else TEST_ORDER_SEED
         return LengthBucketSampler(lengths, batch_size=self.eval_batch_size, shuffle=False, seed=seed, **shard)
 
+    def collate(self, split: str) -> TranslationCollator:
+        return TranslationCollator(pad_id=self.special_tokens.pad)  # draws nothing at random
+
     def padding_fraction(self, split: str = "train", *, epoch: int = 0) -> float:
         """Fraction of the padded tokens (source and decoder input) of one epoch of ``split`` that are padding."""
         sampler = self.batch_sampler(split)
         sampler.set_epoch(epoch)
         dataset = self.split(split)
         return padding_fraction(sampler.batches(), src_lengths=dataset.src_lengths, tgt_lengths=dataset.tgt_lengths)
-
-    def _loader(self, split: str) -> DataLoader:
-        return make_loader(
-            self.split(split),
-            seed=self.seed,
-            batch_sampler=self.batch_sampler(split),  # orders the batches from (seed, epoch) itself
-            num_workers=self.num_workers,
-            collate_fn=TranslationCollator(pad_id=self.special_tokens.pad),  # draws nothing at random
-            epoch=trainer_position(self).get("epoch", 0),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")

@@ -1,6 +1,6 @@
 """Single words labelled with their language, as character ids: our notes' language identification.
 
-:class:`LanguageWords` reads texts in two or more languages (by default the embedded
+:class:`LanguageWordsDataModule` reads texts in two or more languages (by default the embedded
 English–Spanish Bible, :data:`~research.data.text.EMBEDDED_BIBLE`, one column a language), cuts
 them into lower-cased words (runs of letters: digits, punctuation and apostrophes end a word),
 keeps each distinct word once and drops the words found in more than one language (names such as
@@ -12,7 +12,7 @@ A :class:`CharVocabulary` built from the training words maps characters to ids, 
 :data:`PAD_ID` for padding and :data:`UNK_ID` for characters never seen in training (an accent or
 letter of another script in a user's word gets that id, not an error). A batch is a dict:
 ``tokens`` (B, L) character ids padded with :data:`PAD_ID` after each word, ``lengths`` (B,)
-characters per word, and ``labels`` (B,) language indices into ``LanguageWords.languages``.
+characters per word, and ``labels`` (B,) language indices into ``LanguageWordsDataModule.languages``.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def collate_words(examples: Sequence[tuple[Tensor, int]]) -> dict[str, Tensor]:
     }
 
 
-class LanguageWords(SplitDataModule):
+class LanguageWordsDataModule(SplitDataModule):
     """Batches of single words as character ids, labelled with their language.
 
     ``languages``, ``num_classes``, ``vocab``, ``vocab_size`` and ``pad_id`` are known before
@@ -238,5 +238,5 @@ class LanguageWords(SplitDataModule):
         self.val_set = self._examples(self.words.val)
         self.test_set = self._examples(self.words.test)
 
-    def collate(self) -> Callable:
+    def collate(self, split: str) -> Callable:
         return collate_words

@@ -3,7 +3,7 @@
 The GRU is Cho et al. 2014, "Learning Phrase Representations using RNN Encoder-Decoder for
 Statistical Machine Translation" (arXiv 1406.1078), Sec. 2.3, as ``torch.nn.GRU`` implements it.
 Our notes use it over characters to tell the language of a single word
-(:class:`~research.data.words.LanguageWords`).
+(:class:`~research.data.words.LanguageWordsDataModule`).
 
 Padded batches go through the GRU as packed sequences, so each sequence's final hidden state is
 taken at its own last token, never after padding: a sequence gets the same logits whatever the

@@ -2,7 +2,7 @@
 
 The notes train the five-layer CNN on the full MNIST (60,000 digits) and report 98.84% test accuracy
 with BatchNorm and 97.77% without. Ours trains the same network on the 8,000 training digits shipped
-with the package (EmbeddedMNIST) and tests on its 1,000 held-out digits, over several seeds.
+with the package (EmbeddedMNISTDataModule) and tests on its 1,000 held-out digits, over several seeds.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ checkpoint under the attacks of ``python -m research.attack`` (FGSM, PGD, AutoAt
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
 import json
 import os
@@ -24,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from research.callbacks.checkpoint import LAST
+from research.data.readers import write_idx
 from research.reproduce.table import Measured
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -187,9 +187,5 @@ def _stand_in_fashion() -> Path:
     for split, count in (("train", 600), ("t10k", 200)):
         images, labels = rng.integers(0, 256, (count, 28, 28)), np.arange(count) % 10
         for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
-            header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-            path = raw / f"{split}-{kind}-ubyte.gz"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
-            tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+            write_idx(raw / f"{split}-{kind}-ubyte.gz", array)  # atomic: a concurrent reader never sees half a file
     return root

@@ -5,7 +5,7 @@ the next-sentence loss when the data has pairs for it), the metrics (loss, perpl
 per-token loss, masked-token accuracy, and the unigram baseline that accuracy must beat) and BERT's
 optimizer (App. A.2: AdamW, lr 1e-4, betas (0.9, 0.999), weight decay 0.01, linear warm-up over
 10,000 steps, then linear decay). The masking itself happens in the data
-(:class:`~research.data.MLMCollator`).
+(:class:`~research.data.MaskedLanguageModellingCollator`).
 
 The model is a registered BERT (``{"name": "bert_tiny"}``) or any module with ``forward_features``,
 ``mlm_logits``, ``vocab_size`` and ``max_positions``. A spec without ``vocab_size`` takes the
@@ -66,7 +66,7 @@ class MostFrequentTokenAccuracy(Metric):
 class MaskedLanguageModelling(L.LightningModule):
     """Pre-train a BERT-style encoder by predicting masked tokens (and, optionally, the next sentence).
 
-    Batches come from :class:`~research.data.MaskedLMDataModule`. Logged: ``train/loss`` (MLM,
+    Batches come from :class:`~research.data.MaskedLanguageModellingDataModule`. Logged: ``train/loss`` (MLM,
     plus NSP when present), ``train/ppl``, ``train/acc`` per step; ``val/`` and ``test/`` ``loss``,
     ``ppl`` (exp of the per-token MLM loss), ``acc`` (masked-token accuracy: top-1 over the
     selected positions) and ``unigram_acc`` (:class:`MostFrequentTokenAccuracy`) per epoch, and

@@ -6,7 +6,7 @@ learning rate). The model is a registered sequence classifier (``{"name": "gru_c
 any ``nn.Module`` mapping ``(tokens (B, L), lengths (B,))`` to (B, num_classes) logits.
 
 A spec without ``vocab_size`` or ``num_classes`` takes them (and ``pad_id``) from the datamodule
-when the Trainer starts (:class:`~research.data.words.LanguageWords` knows them from its
+when the Trainer starts (:class:`~research.data.words.LanguageWordsDataModule` knows them from its
 training split), as :class:`~research.tasks.MaskedLanguageModelling` does for ``vocab_size``;
 the spec saved in checkpoints records them, so a checkpoint loads without the data.
 """
@@ -31,7 +31,7 @@ class SequenceClassification(L.LightningModule):
     """Train a classifier on padded token sequences with cross-entropy.
 
     Batches are dicts with ``tokens`` (B, L), ``lengths`` (B,) and ``labels`` (B,)
-    (:class:`~research.data.words.LanguageWords`). Logged: ``train/loss`` and ``train/acc`` per
+    (:class:`~research.data.words.LanguageWordsDataModule`). Logged: ``train/loss`` and ``train/acc`` per
     step; ``val/`` and ``test/`` ``loss``, ``acc`` and ``majority_acc`` (the accuracy of always
     answering the split's most frequent class) per epoch. ``predict`` returns class probabilities.
 
@@ -108,7 +108,7 @@ class SequenceClassification(L.LightningModule):
             if needed:
                 raise ValueError(
                     f"the model spec has no {' or '.join(needed)} and there is no datamodule that knows it "
-                    "(such as research.data.LanguageWords); add it to the model spec"
+                    "(such as research.data.LanguageWordsDataModule); add it to the model spec"
                 )
             spec |= {key: getattr(dm, key) for key in absent if hasattr(dm, key)}
             self.hparams["model"] = spec  # checkpoints record the sizes, so they load without the data

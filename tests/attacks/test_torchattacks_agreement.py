@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from research.attacks import pgd
-from research.data import EmbeddedMNIST
+from research.data import EmbeddedMNISTDataModule
 from research.models import create_model
 
 torchattacks = pytest.importorskip("torchattacks")
@@ -21,12 +21,12 @@ STEPS, STEP_SIZE = 40, 0.01  # the issue's setting: 40 steps of 0.01
 
 
 def digits(split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    dm = EmbeddedMNIST()
+    dm = EmbeddedMNISTDataModule()
     dm.setup("fit")
     subset = getattr(dm, f"{split}_set")
     # A fixed random draw: the file is sorted by label, so the first images are all zeros.
     order = torch.randperm(len(subset), generator=torch.Generator().manual_seed(0))[:count]
-    images, labels = subset.dataset.__getitems__([subset.indices[i] for i in order])
+    images, labels = subset.dataset.read_batch([subset.indices[i] for i in order])
     return images.float() / 255, labels
 
 

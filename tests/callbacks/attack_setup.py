@@ -8,7 +8,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from research.data import SyntheticImages
+from research.data import SyntheticDataModule
 from research.tasks import ImageClassification
 
 
@@ -48,9 +48,9 @@ def tiny_task(in_chans: int = 1, num_classes: int = 4, lr: float = 0.05) -> Imag
     )
 
 
-def synthetic(num_samples: int = 64, batch_size: int = 8, **kwargs) -> SyntheticImages:
+def synthetic(num_samples: int = 64, batch_size: int = 8, **kwargs) -> SyntheticDataModule:
     """8x8 grey images of 4 classes, (images, labels) tuples as every research datamodule yields."""
-    return SyntheticImages(
+    return SyntheticDataModule(
         num_samples=num_samples, num_classes=4, img_size=8, in_chans=1, batch_size=batch_size, **kwargs
     )
 

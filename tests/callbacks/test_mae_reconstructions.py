@@ -7,7 +7,7 @@ from PIL import Image
 
 from research.callbacks import MAEReconstructions
 from research.callbacks.mae_reconstructions import MASK_FILL
-from research.data import SyntheticImages
+from research.data import SyntheticDataModule
 from research.tasks import ImageClassification, MAEPretraining
 
 MAE = dict(
@@ -23,8 +23,8 @@ MAE = dict(
 )
 
 
-def synthetic() -> SyntheticImages:
-    return SyntheticImages(num_samples=64, num_classes=4, img_size=16, in_chans=3, batch_size=8)
+def synthetic() -> SyntheticDataModule:
+    return SyntheticDataModule(num_samples=64, num_classes=4, img_size=16, in_chans=3, batch_size=8)
 
 
 def fit(callback, tmp_path, epochs=2, **kw):

@@ -6,7 +6,7 @@ from torch import nn
 
 from research.callbacks import Pruning
 from research.callbacks.pruning import sparsity
-from research.data import SyntheticImages
+from research.data import SyntheticDataModule
 from research.tasks import ImageClassification
 
 MODEL = {"name": "five_layer_cnn", "num_classes": 4, "img_size": 16, "hidden_dim": 16}
@@ -19,7 +19,7 @@ def fit(callback: Pruning, epochs: int = 3) -> tuple[ImageClassification, L.Trai
         accelerator="cpu", max_epochs=epochs, limit_train_batches=2, limit_val_batches=1, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
     )
-    trainer.fit(task, datamodule=SyntheticImages(num_samples=48, num_classes=4, img_size=16, in_chans=1,
+    trainer.fit(task, datamodule=SyntheticDataModule(num_samples=48, num_classes=4, img_size=16, in_chans=1,
                                                  batch_size=16))
     return task, trainer
 

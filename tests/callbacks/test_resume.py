@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
 from research.callbacks import RNGState
-from research.data import SyntheticImages
+from research.data import SyntheticDataModule
 
 
 class Tiny(L.LightningModule):
@@ -57,7 +57,7 @@ class Interrupt(Callback):
 
 def run(tmp_path, *, callbacks=(), ckpt_path=None, num_workers=2, model=Tiny) -> dict[str, torch.Tensor]:
     L.seed_everything(0)
-    dm = SyntheticImages(num_samples=160, img_size=16, in_chans=3, num_classes=4, batch_size=16,
+    dm = SyntheticDataModule(num_samples=160, img_size=16, in_chans=3, num_classes=4, batch_size=16,
                          augment="crop_flip+rand-m9-mstd0.5", num_workers=num_workers)
     model = model()
     trainer = L.Trainer(

@@ -3,12 +3,12 @@ import math
 import pytest
 import torch
 
-from research.data import FunctionRegression
+from research.data import FunctionRegressionDataModule
 from research.data.functions import FUNCTIONS, function_by_name
 
 
 def sets(**kw):
-    dm = FunctionRegression(**({"num_train": 200, "num_val": 50, "num_test": 50} | kw))
+    dm = FunctionRegressionDataModule(**({"num_train": 200, "num_val": 50, "num_test": 50} | kw))
     dm.setup("fit")
     return dm
 
@@ -63,12 +63,12 @@ def test_other_functions_and_intervals():
 
 def test_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown function 'sine'; did you mean 'sin'"):
-        FunctionRegression(function="sine")
+        FunctionRegressionDataModule(function="sine")
     with pytest.raises(ValueError, match="need low < high"):
-        FunctionRegression(low=1.0, high=1.0)
+        FunctionRegressionDataModule(low=1.0, high=1.0)
     with pytest.raises(ValueError, match="at least one point"):
-        FunctionRegression(num_val=0)
+        FunctionRegressionDataModule(num_val=0)
     with pytest.raises(ValueError, match="noise_std .* >= 0"):
-        FunctionRegression(noise_std=-0.1)
+        FunctionRegressionDataModule(noise_std=-0.1)
     with pytest.raises(ValueError, match="batch_size >= 1"):
-        FunctionRegression(batch_size=0)
+        FunctionRegressionDataModule(batch_size=0)

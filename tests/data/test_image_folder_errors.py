@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from research import fit
-from research.data import ImageFolderData
+from research.data import ImageFolderDataModule
 from research.errors import TRACEBACK_ENV, run_command
 
 EXTENSIONS = ".jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp"
@@ -23,7 +23,7 @@ model:
   init_args:
     model: {name: five_layer_cnn, num_classes: 3, in_chans: 3, img_size: 16, hidden_dim: 16}
 data:
-  class_path: research.data.ImageFolderData
+  class_path: research.data.ImageFolderDataModule
   init_args: {root: images, batch_size: 2}
 """
 
@@ -65,7 +65,7 @@ def test_a_complete_layout_builds_and_reads_every_split():
     tree({"train": FULL, "val": {"cat": 1, "cow": 1, "dog": 1}, "test": {"cat": 2, "cow": 1, "dog": 1}})
     Path("images/train/dog/deeper").mkdir()
     Image.new("RGB", (16, 16)).save("images/train/dog/deeper/x.png")  # images at any depth count
-    data = ImageFolderData("images", batch_size=2)
+    data = ImageFolderDataModule("images", batch_size=2)
     data.setup("fit")
     assert (len(data.train_set), len(data.val_set), len(data.test_set)) == (13, 3, 4)
     assert data.class_names == ("cat", "cow", "dog")
@@ -78,7 +78,7 @@ def test_an_empty_class_folder_in_any_split_is_named(split, empty, capsys):
     splits[split][empty] = 0
     tree(splits)
     Path(f"images/{split}/{empty}/notes.txt").write_text("not an image")  # a file that is not an image
-    last = printed(capsys, lambda: ImageFolderData("images"))
+    last = printed(capsys, lambda: ImageFolderDataModule("images"))
     assert f"class folder {empty} under images/{split} holds no image ({EXTENSIONS})" in last
     if split == "train":
         assert "every folder under train/ is a class: add images or remove the folder" in last
@@ -89,20 +89,20 @@ def test_an_empty_class_folder_in_any_split_is_named(split, empty, capsys):
 
 def test_several_empty_class_folders_are_named_together(capsys):
     tree({"train": FULL, "val": {"cat": 1, "cow": 0, "dog": 0}})
-    last = printed(capsys, lambda: ImageFolderData("images"))
+    last = printed(capsys, lambda: ImageFolderDataModule("images"))
     assert "class folders cow, dog under images/val hold no image" in last
 
 
 def test_an_empty_first_class_folder_is_named_like_the_others(capsys):
     tree({"train": {"cat": 0, "cow": 4, "dog": 4}})
-    last = printed(capsys, lambda: ImageFolderData("images"))
+    last = printed(capsys, lambda: ImageFolderDataModule("images"))
     assert "class folder cat under images/train holds no image" in last
 
 
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_a_class_missing_from_val_or_test_is_named(split, capsys):
     tree({"train": FULL, split: {"cat": 1, "dog": 1}})
-    last = printed(capsys, lambda: ImageFolderData("images"))
+    last = printed(capsys, lambda: ImageFolderDataModule("images"))
     carved = "validation" if split == "val" else "test"
     assert (f"images/{split} lacks class folder cow that images/train has: add it with images of the class, or "
             f"remove images/{split} to carve the {carved} split from train/") in last
@@ -111,14 +111,14 @@ def test_a_class_missing_from_val_or_test_is_named(split, capsys):
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_a_class_that_train_lacks_is_named(split, capsys):
     tree({"train": FULL, split: {**FULL, "emu": 1}})
-    last = printed(capsys, lambda: ImageFolderData("images"))
+    last = printed(capsys, lambda: ImageFolderDataModule("images"))
     assert (f"images/{split} has class folder emu that images/train lacks (the classes are train/'s folders): add "
             f"it to train/ with images, or rename or remove it under {split}/") in last
 
 
 def test_a_misspelt_class_folder_is_named_both_ways(capsys):
     tree({"train": FULL, "val": {"cat": 1, "Cow": 1, "dog": 1}})
-    last = printed(capsys, lambda: ImageFolderData("images"))
+    last = printed(capsys, lambda: ImageFolderDataModule("images"))
     assert ("images/val has class folder Cow that images/train lacks, and lacks class folder cow that it has: val/ "
             "must hold train/'s class folders, named alike (case counts)") in last
 
@@ -128,7 +128,7 @@ def test_a_split_without_class_folders_is_named(split, capsys):
     tree({"train": FULL} if split == "val" else {})
     Path(f"images/{split}").mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (16, 16)).save(f"images/{split}/loose.png")  # an image outside any class folder
-    last = printed(capsys, lambda: ImageFolderData("images"))
+    last = printed(capsys, lambda: ImageFolderDataModule("images"))
     assert f"no class folder under images/{split}" in last
 
 

@@ -14,9 +14,18 @@ import torch
 from PIL import Image
 
 from research import fit
-from research.data import CIFAR10, MNIST, EmbeddedMNIST, FashionMNIST, ImageFolderData, NpzImages, SyntheticImages
+from research.data import (
+    CIFAR10DataModule,
+    EmbeddedMNISTDataModule,
+    FashionMNISTDataModule,
+    ImageFolderDataModule,
+    MNISTDataModule,
+    NpzDataModule,
+    SyntheticDataModule,
+)
 from research.data.augment import BatchAugment, _rand_augment, random_crop
-from research.data.vision import ImageFiles, convert_images, image_hw
+from research.data.image_folder import ImageFiles
+from research.data.image_tensors import convert_images, image_hw
 from research.errors import TRACEBACK_ENV, run_command
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,8 +50,8 @@ def test_image_hw_reads_a_side_or_a_pair():
 
 
 def test_a_square_pair_is_stored_as_its_side():
-    assert SyntheticImages(num_samples=20, img_size=(16, 16)).img_size == 16
-    assert SyntheticImages(num_samples=20, img_size=[12, 20]).img_size == (12, 20)
+    assert SyntheticDataModule(num_samples=20, img_size=(16, 16)).img_size == 16
+    assert SyntheticDataModule(num_samples=20, img_size=[12, 20]).img_size == (12, 20)
 
 
 def _left_band(height: int, width: int) -> np.ndarray:
@@ -69,15 +78,18 @@ def _sources(tmp: Path, root: Path) -> dict:
         for i in range(count):
             Image.fromarray(_left_band(24, 18)[0]).save(tmp / "folder/train" / name / f"{i}.png")
     return {
-        "embedded": lambda size, augment: EmbeddedMNIST(img_size=size, augment=augment, batch_size=500),
-        "synthetic": lambda size, augment: SyntheticImages(num_samples=40, img_size=size, augment=augment,
+        "embedded": lambda size, augment: EmbeddedMNISTDataModule(img_size=size, augment=augment, batch_size=500),
+        "synthetic": lambda size, augment: SyntheticDataModule(num_samples=40, img_size=size, augment=augment,
                                                            batch_size=8),
-        "npz": lambda size, augment: NpzImages(tmp / "band.npz", img_size=size, augment=augment, batch_size=4),
-        "image_folder": lambda size, augment: ImageFolderData(tmp / "folder", img_size=size, augment=augment,
-                                                              batch_size=4, val_fraction=0.2, test_fraction=0.2),
-        "mnist": lambda size, augment: MNIST(root, img_size=size, augment=augment, batch_size=4),
-        "fashion_mnist": lambda size, augment: FashionMNIST(root, img_size=size, augment=augment, batch_size=4),
-        "cifar10": lambda size, augment: CIFAR10(root, img_size=size, augment=augment, batch_size=4),
+        "npz": lambda size, augment: NpzDataModule(tmp / "band.npz", img_size=size, augment=augment, batch_size=4),
+        "image_folder": lambda size, augment: ImageFolderDataModule(
+            tmp / "folder", img_size=size, augment=augment, batch_size=4, val_fraction=0.2, test_fraction=0.2
+        ),
+        "mnist": lambda size, augment: MNISTDataModule(root, img_size=size, augment=augment, batch_size=4),
+        "fashion_mnist": lambda size, augment: FashionMNISTDataModule(
+            root, img_size=size, augment=augment, batch_size=4
+        ),
+        "cifar10": lambda size, augment: CIFAR10DataModule(root, img_size=size, augment=augment, batch_size=4),
     }
 
 
@@ -118,7 +130,7 @@ def test_the_file_reader_and_the_tensor_resize_agree_on_height_and_width(tmp_pat
 def test_a_folder_of_non_square_images_keeps_their_size_by_default(tmp_path, fake_torchvision_root):
     dm = _sources(tmp_path, fake_torchvision_root)["image_folder"](None, "none")
     assert dm.img_size == (24, 18)
-    assert NpzImages(tmp_path / "band.npz").img_size == (24, 18)
+    assert NpzDataModule(tmp_path / "band.npz").img_size == (24, 18)
 
 
 @pytest.mark.parametrize("spec", ["crop", "flip", "crop_flip", "rand-m9-mstd0.5", "crop_flip+rand-m15-n3"])
@@ -158,7 +170,7 @@ model:
   init_args:
     model: {name: vit_tiny_patch4_32, num_classes: 4, in_chans: 1, img_size: [32, 48], depth: 1}
 data:
-  class_path: research.data.SyntheticImages
+  class_path: research.data.SyntheticDataModule
   init_args: {num_samples: 24, num_classes: 4, img_size: [32, 48], in_chans: 1, batch_size: 8}
 """
 

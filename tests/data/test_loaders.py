@@ -12,7 +12,7 @@ from lightning.fabric.utilities.data import _replace_dunder_methods, _set_sample
 from lightning.pytorch.utilities.data import _is_dataloader_shuffled, _update_dataloader
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
-from research.data import SyntheticImages
+from research.data import SyntheticDataModule
 from research.data.loaders import EpochShuffle, SeededBatchSampler
 
 AUGMENT = "crop_flip+rand-m9-mstd0.5"  # torch's generator (crops, flips), Python's and NumPy's (timm)
@@ -26,8 +26,8 @@ def epochs(loader, which) -> list[torch.Tensor]:
     return batches
 
 
-def images(num_workers: int) -> SyntheticImages:
-    dm = SyntheticImages(num_samples=120, img_size=16, batch_size=16, augment=AUGMENT, num_workers=num_workers)
+def images(num_workers: int) -> SyntheticDataModule:
+    dm = SyntheticDataModule(num_samples=120, img_size=16, batch_size=16, augment=AUGMENT, num_workers=num_workers)
     dm.setup()
     return dm
 

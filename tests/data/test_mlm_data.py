@@ -3,8 +3,8 @@ import pytest
 import torch
 from lightning.fabric.utilities.data import _set_sampler_epoch
 
-from research.data import MaskedLMDataModule, MLMCollator, mask_tokens_for_mlm
-from research.data.mlm import IGNORE_INDEX, MLMExamples, pack_lines
+from research.data import MaskedLanguageModellingCollator, MaskedLanguageModellingDataModule, mask_tokens_for_mlm
+from research.data.mlm import IGNORE_INDEX, MaskedLanguageModellingExamples, pack_lines
 from research.data.text import EMBEDDED_BIBLE, read_tsv
 from research.data.tokenizer import SpecialTokens
 
@@ -45,7 +45,7 @@ def test_collator_pads_and_masks_anew_for_every_batch():
         {"input_ids": torch.tensor([2, *range(10, 60), 3]), "token_type_ids": torch.zeros(52, dtype=torch.long)},
         {"input_ids": torch.tensor([2, 11, 12, 3]), "token_type_ids": torch.zeros(4, dtype=torch.long)},
     ]
-    collate = MLMCollator(special=SPECIAL, vocab_size=VOCAB)
+    collate = MaskedLanguageModellingCollator(special=SPECIAL, vocab_size=VOCAB)
     first, second = collate(examples), collate(examples)
     assert first["input_ids"].shape == first["labels"].shape == first["padding_mask"].shape == (2, 52)
     assert first["padding_mask"][1].tolist() == [False] * 4 + [True] * 48
@@ -64,7 +64,7 @@ def test_pack_lines_keeps_order_and_budget():
 
 def test_sentence_pairs_and_next_sentence_labels():
     blocks = [[10 + i] * (1 + i % 3) for i in range(40)]
-    pairs = MLMExamples(blocks, special=SPECIAL, sentence_pairs=True, next_sentence_prediction=True)
+    pairs = MaskedLanguageModellingExamples(blocks, special=SPECIAL, sentence_pairs=True, next_sentence_prediction=True)
     assert len(pairs) == 39
     labels = []
     for i in range(len(pairs)):
@@ -78,10 +78,10 @@ def test_sentence_pairs_and_next_sentence_labels():
         assert (b == blocks[i + 1]) == (label == 0) and b != blocks[i]
         labels.append(label)
     assert 8 < sum(labels) < 31  # about half are random
-    single = MLMExamples(blocks, special=SPECIAL)[0]
+    single = MaskedLanguageModellingExamples(blocks, special=SPECIAL)[0]
     assert single["input_ids"].tolist() == [SPECIAL.cls, 10, SPECIAL.sep]
     with pytest.raises(ValueError, match="needs sentence_pairs"):
-        MLMExamples(blocks, special=SPECIAL, next_sentence_prediction=True)
+        MaskedLanguageModellingExamples(blocks, special=SPECIAL, next_sentence_prediction=True)
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def corpus(tmp_path):
 
 def datamodule(corpus, tmp_path, **kw):
     args = dict(corpus=str(corpus), vocab_size=500, cache_dir=str(tmp_path / "cache"), max_length=32, batch_size=8)
-    return MaskedLMDataModule(**(args | kw))
+    return MaskedLanguageModellingDataModule(**(args | kw))
 
 
 def test_datamodule_describes_its_vocabulary_before_setup(corpus, tmp_path):
@@ -117,7 +117,7 @@ def test_evaluation_masks_are_fixed_and_training_masks_are_not(corpus, tmp_path)
     other = datamodule(corpus, tmp_path)
     other.setup("fit")
     assert torch.equal(next(iter(other.val_dataloader()))["labels"], val[0]["labels"])  # same in every run
-    loader = torch.utils.data.DataLoader(dm.train_set, batch_size=8, collate_fn=dm.collate())
+    loader = torch.utils.data.DataLoader(dm.train_set, batch_size=8, collate_fn=dm.collate("train"))
     train = [next(iter(loader)) for _ in range(2)]
     assert not torch.equal(train[0]["labels"], train[1]["labels"])
 

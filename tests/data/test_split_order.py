@@ -11,14 +11,14 @@ import torch
 from test_vision_files import write_cifar_batch, write_image_tree, write_mnist_tree
 
 from research.data import (
-    CIFAR10,
-    MNIST,
-    EmbeddedMNIST,
-    FunctionRegression,
-    ImageFolderData,
-    LanguageWords,
-    NpzImages,
-    SyntheticImages,
+    CIFAR10DataModule,
+    EmbeddedMNISTDataModule,
+    FunctionRegressionDataModule,
+    ImageFolderDataModule,
+    LanguageWordsDataModule,
+    MNISTDataModule,
+    NpzDataModule,
+    SyntheticDataModule,
 )
 
 
@@ -35,38 +35,38 @@ def sorted_npz(tmp_path):
     labels = np.repeat(np.arange(4), 100)  # in label order, like the embedded digits
     path = tmp_path / "sorted.npz"
     np.savez(path, images=np.zeros((400, 6, 6), np.uint8), labels=labels)
-    return NpzImages(path, batch_size=8)
+    return NpzDataModule(path, batch_size=8)
 
 
 def image_folder(tmp_path):
     if not (tmp_path / "folder").exists():
         write_image_tree(tmp_path / "folder", {"train": {"a": 12, "b": 12, "c": 12}, "test": {"a": 6, "b": 6, "c": 6}})
-    return ImageFolderData(tmp_path / "folder", batch_size=6)
+    return ImageFolderDataModule(tmp_path / "folder", batch_size=6)
 
 
 def mnist(tmp_path):
-    if not (tmp_path / MNIST.FOLDER).exists():
-        write_mnist_tree(tmp_path / MNIST.FOLDER, suffix="")
-    return MNIST(root=tmp_path, batch_size=4)
+    if not (tmp_path / MNISTDataModule.FOLDER).exists():
+        write_mnist_tree(tmp_path / MNISTDataModule.FOLDER, suffix="")
+    return MNISTDataModule(root=tmp_path, batch_size=4)
 
 
 def cifar(tmp_path):
-    folder = tmp_path / CIFAR10.FOLDER
+    folder = tmp_path / CIFAR10DataModule.FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     for name, n in [*((f"data_batch_{i}", 20) for i in range(1, 6)), ("test_batch", 100)]:
         labels = np.sort(np.arange(n) % 10)
         write_cifar_batch(folder / name, np.zeros((n, 3, 32, 32), np.uint8), labels, "labels")
-    return CIFAR10(root=tmp_path, batch_size=8)
+    return CIFAR10DataModule(root=tmp_path, batch_size=8)
 
 
 MAKERS = {
-    "embedded": lambda tmp_path: EmbeddedMNIST(batch_size=16),
-    "synthetic": lambda tmp_path: SyntheticImages(num_samples=200, batch_size=16),
+    "embedded": lambda tmp_path: EmbeddedMNISTDataModule(batch_size=16),
+    "synthetic": lambda tmp_path: SyntheticDataModule(num_samples=200, batch_size=16),
     "npz": sorted_npz,
     "image_folder": image_folder,
     "mnist": mnist,
     "cifar10": cifar,
-    "words": lambda tmp_path: LanguageWords(batch_size=16),  # the embedded words, sorted alphabetically
+    "words": lambda tmp_path: LanguageWordsDataModule(batch_size=16),  # the embedded words, sorted alphabetically
 }
 
 
@@ -81,6 +81,6 @@ def test_first_val_and_test_batch_hold_several_classes_in_a_fixed_order(name, tm
 
 
 def test_function_regression_evaluation_order_is_fixed():
-    first, again = (first_batches(FunctionRegression(batch_size=8)) for _ in range(2))
+    first, again = (first_batches(FunctionRegressionDataModule(batch_size=8)) for _ in range(2))
     for (x, _), (x_again, _) in zip(first, again):
         assert torch.equal(x, x_again) and not torch.equal(x.flatten(), x.flatten().sort().values)

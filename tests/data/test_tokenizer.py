@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 import research.data.tokenizer as tokenizer_module
-from research.data import MaskedLMDataModule, TranslationDataModule
+from research.data import MaskedLanguageModellingDataModule, TranslationDataModule
 from research.data.text import EMBEDDED_BIBLE, read_tsv
 from research.data.tokenizer import (
     BYTE_TOKENS,
@@ -66,7 +66,7 @@ def test_every_line_of_the_shipped_corpus_round_trips(tmp_path):
         wrong = [(line, back) for line, back in zip(lines, decoded) if line != back]
         assert not wrong, f"{len(wrong)} of {len(lines)} lines change, e.g. {wrong[:3]}"
     # the MLM corpus (English side, uncased): the line as the documented normaliser leaves it
-    mlm = MaskedLMDataModule(cache_dir=str(tmp_path))
+    mlm = MaskedLanguageModellingDataModule(cache_dir=str(tmp_path))
     lines = [english for english, _ in rows]
     decoded = mlm.tokenizer.decode_batch([e.ids for e in mlm.tokenizer.encode_batch(lines)], skip_special_tokens=True)
     assert decoded == [mlm.tokenizer.normalizer.normalize_str(line) for line in lines]

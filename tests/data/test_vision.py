@@ -8,8 +8,10 @@ from lightning.fabric.utilities.data import _set_sampler_epoch
 from torch import nn
 
 import research
-from research.data import EmbeddedMNIST, NpzImages, SyntheticImages, VisionDataModule
-from research.data.vision import EMBEDDED_MNIST, LUMA_WEIGHTS, channel_stats, convert_stats, image_hw, to_float
+from research.data import EmbeddedMNISTDataModule, NpzDataModule, SyntheticDataModule, VisionDataModule
+from research.data.image_tensors import LUMA_WEIGHTS, channel_stats, convert_stats, image_hw, to_float
+from research.data.loaders import read_examples
+from research.data.npz import EMBEDDED_MNIST
 
 # Class counts of the embedded digits, as stated in research/data/embedded/README.md.
 EMBEDDED_COUNTS = [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978]
@@ -45,13 +47,13 @@ def check_batch(dm: VisionDataModule, images: torch.Tensor, labels: torch.Tensor
 @pytest.mark.parametrize(
     "make",
     [
-        lambda tmp: EmbeddedMNIST(batch_size=64),
-        lambda tmp: EmbeddedMNIST(batch_size=64, img_size=32, in_chans=3, augment="crop_flip"),
-        lambda tmp: SyntheticImages(batch_size=32, augment="crop"),
-        lambda tmp: SyntheticImages(num_samples=100, num_classes=4, img_size=16, in_chans=1, batch_size=16),
-        lambda tmp: NpzImages(rgb_npz(tmp), batch_size=16, augment="rand-m9-mstd0.5"),
-        lambda tmp: EmbeddedMNIST(batch_size=64, img_size=(32, 48), in_chans=3, augment="crop_flip"),
-        lambda tmp: SyntheticImages(batch_size=16, img_size=(12, 20), augment="crop_flip+rand-m9-mstd0.5"),
+        lambda tmp: EmbeddedMNISTDataModule(batch_size=64),
+        lambda tmp: EmbeddedMNISTDataModule(batch_size=64, img_size=32, in_chans=3, augment="crop_flip"),
+        lambda tmp: SyntheticDataModule(batch_size=32, augment="crop"),
+        lambda tmp: SyntheticDataModule(num_samples=100, num_classes=4, img_size=16, in_chans=1, batch_size=16),
+        lambda tmp: NpzDataModule(rgb_npz(tmp), batch_size=16, augment="rand-m9-mstd0.5"),
+        lambda tmp: EmbeddedMNISTDataModule(batch_size=64, img_size=(32, 48), in_chans=3, augment="crop_flip"),
+        lambda tmp: SyntheticDataModule(batch_size=16, img_size=(12, 20), augment="crop_flip+rand-m9-mstd0.5"),
     ],
     ids=["embedded", "embedded-32-rgb-crop_flip", "synthetic", "synthetic-grey", "npz-rgb-randaugment",
          "embedded-32x48-crop_flip", "synthetic-12x20-randaugment"],
@@ -65,12 +67,12 @@ def test_batches_are_float_images_in_unit_range(make, tmp_path):
 
 
 def test_embedded_attributes_are_known_before_setup():
-    dm = EmbeddedMNIST()
+    dm = EmbeddedMNISTDataModule()
     assert dm.train_set is None
     assert (dm.num_classes, dm.in_chans, dm.img_size) == (10, 1, 28)
     assert dm.class_names == tuple("0123456789")
     assert dm.mean[0] == pytest.approx(0.1311, abs=1e-3) and dm.std[0] == pytest.approx(0.3087, abs=1e-3)
-    converted = EmbeddedMNIST(img_size=32, in_chans=3)
+    converted = EmbeddedMNISTDataModule(img_size=32, in_chans=3)
     assert (converted.in_chans, converted.img_size) == (3, 32)
     assert len(set(converted.mean)) == 1 and converted.mean[0] == pytest.approx(dm.mean[0], abs=2e-3)
 
@@ -82,7 +84,7 @@ def test_embedded_data_ships_inside_the_package():
 
 
 def test_embedded_split_is_fixed_disjoint_and_complete():
-    a, b, other_seed = EmbeddedMNIST(), EmbeddedMNIST(), EmbeddedMNIST(seed=1)
+    a, b, other_seed = EmbeddedMNISTDataModule(), EmbeddedMNISTDataModule(), EmbeddedMNISTDataModule(seed=1)
     for dm in (a, b, other_seed):
         dm.setup()
     assert (len(a.train_set), len(a.val_set), len(a.test_set)) == (8000, 1000, 1000)
@@ -95,7 +97,7 @@ def test_embedded_split_is_fixed_disjoint_and_complete():
 
 
 def test_val_and_test_loaders_are_deterministic_and_unaugmented():
-    dm = SyntheticImages(augment="crop_flip", batch_size=32)
+    dm = SyntheticDataModule(augment="crop_flip", batch_size=32)
     dm.setup()
     loader = dm.val_dataloader()
     order = loader.dataset.indices  # a fixed permutation of the split (research.data.loaders.fixed_order)
@@ -106,18 +108,18 @@ def test_val_and_test_loaders_are_deterministic_and_unaugmented():
 
 
 def test_augmentation_changes_train_batches_only():
-    dm = SyntheticImages(augment="crop_flip")
+    dm = SyntheticDataModule(augment="crop_flip")
     dm.setup()
-    batch = dm.train_set.__getitems__(list(range(64)))
+    batch = read_examples(dm.train_set, list(range(64)))
     torch.manual_seed(0)
-    augmented, labels = dm.train_dataloader().collate_fn(batch)
+    augmented, labels = dm.train_dataloader().collate_fn.collate(batch)
     assert torch.equal(labels, batch[1])
     assert not torch.equal(augmented, to_float(batch[0]))
-    assert torch.equal(dm.val_dataloader().collate_fn(batch)[0], to_float(batch[0]))
+    assert torch.equal(dm.val_dataloader().collate_fn.collate(batch)[0], to_float(batch[0]))
 
 
 def test_train_loader_shuffles_and_drops_last():
-    dm = SyntheticImages(num_samples=100, batch_size=16)  # 80 train images: 5 full batches
+    dm = SyntheticDataModule(num_samples=100, batch_size=16)  # 80 train images: 5 full batches
     dm.setup()
     loader = dm.train_dataloader()
     first = [y for _, y in loader]
@@ -128,7 +130,7 @@ def test_train_loader_shuffles_and_drops_last():
 
 
 def test_resize_and_grey_to_rgb():
-    grey, rgb32 = EmbeddedMNIST(), EmbeddedMNIST(img_size=32, in_chans=3)
+    grey, rgb32 = EmbeddedMNISTDataModule(), EmbeddedMNISTDataModule(img_size=32, in_chans=3)
     grey.setup(), rgb32.setup()
     x = first_batch(rgb32.val_dataloader())[0]
     assert x.shape[1:] == (3, 32, 32)
@@ -140,7 +142,7 @@ def test_resize_and_grey_to_rgb():
 
 def test_rgb_to_grey_is_luminance(tmp_path):
     path = rgb_npz(tmp_path)
-    rgb, grey = NpzImages(path), NpzImages(path, in_chans=1)
+    rgb, grey = NpzDataModule(path), NpzDataModule(path, in_chans=1)
     rgb.setup(), grey.setup()
     x_rgb, x_grey = first_batch(rgb.test_dataloader())[0], first_batch(grey.test_dataloader())[0]
     luminance = torch.einsum("c,bchw->bhw", torch.tensor(LUMA_WEIGHTS), x_rgb)
@@ -152,7 +154,7 @@ def test_rgb_to_grey_is_luminance(tmp_path):
 
 def test_resize_keeps_a_constant_image_constant(tmp_path):
     images = np.full((30, 28, 28), 200, dtype=np.uint8)
-    dm = NpzImages(write_npz(tmp_path / "c.npz", images, np.zeros(30, dtype=np.int64)), img_size=32)
+    dm = NpzDataModule(write_npz(tmp_path / "c.npz", images, np.zeros(30, dtype=np.int64)), img_size=32)
     dm.setup()
     x = first_batch(dm.test_dataloader())[0]
     assert x.shape[-2:] == (32, 32)
@@ -181,7 +183,7 @@ def test_npz_float_nhwc_with_class_names(tmp_path):
     rng = np.random.default_rng(1)
     images = rng.random((40, 10, 10, 3), dtype=np.float32)
     path = write_npz(tmp_path / "f.npz", images, np.arange(40) % 2, extra=np.zeros(1))
-    dm = NpzImages(path, class_names=["a", "b", "c"], batch_size=8)
+    dm = NpzDataModule(path, class_names=["a", "b", "c"], batch_size=8)
     assert (dm.num_classes, dm.in_chans, dm.img_size, dm.class_names) == (3, 3, 10, ("a", "b", "c"))
     dm.setup()
     x, _ = first_batch(dm.predict_dataloader())  # the split's own order
@@ -192,7 +194,7 @@ def test_npz_float_nhwc_with_class_names(tmp_path):
 def test_npz_custom_keys(tmp_path):
     path = tmp_path / "k.npz"
     np.savez(path, x=np.zeros((20, 8, 8), np.uint8), y=np.arange(20) % 5)
-    dm = NpzImages(path, images_key="x", labels_key="y")
+    dm = NpzDataModule(path, images_key="x", labels_key="y")
     assert (dm.num_classes, dm.in_chans, dm.img_size) == (5, 1, 8)
 
 
@@ -223,18 +225,18 @@ GREY, ZEROS = np.zeros((20, 8, 8), np.uint8), np.zeros(20, int)
 def test_npz_errors_say_what_to_fix(tmp_path, images, labels, kwargs, match):
     path = write_npz(tmp_path / "bad.npz", images, labels)
     with pytest.raises(ValueError, match=match):
-        NpzImages(path, **kwargs)
+        NpzDataModule(path, **kwargs).setup()  # the file is read at setup
 
 
 def test_npz_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no npz file"):
-        NpzImages(tmp_path / "absent.npz")
+        NpzDataModule(tmp_path / "absent.npz")
 
 
 def test_non_square_npz_keeps_its_size_or_takes_img_size(tmp_path):
     path = write_npz(tmp_path / "r.npz", np.zeros((20, 8, 6), np.uint8), ZEROS)
     for img_size, shape in ((None, (8, 6)), (7, (7, 7)), ((6, 10), (6, 10))):
-        dm = NpzImages(path, img_size=img_size)
+        dm = NpzDataModule(path, img_size=img_size)
         assert dm.img_size == (shape[0] if shape[0] == shape[1] else shape)
         dm.setup()
         assert first_batch(dm.test_dataloader())[0].shape[1:] == (1, *shape)
@@ -254,33 +256,34 @@ def test_non_square_npz_keeps_its_size_or_takes_img_size(tmp_path):
 )
 def test_bad_arguments_raise_early(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        SyntheticImages(**kwargs)
+        SyntheticDataModule(**kwargs)
 
 
 def test_drop_last_with_too_small_train_split_says_what_to_do():
-    dm = SyntheticImages(num_samples=40, batch_size=64)
+    dm = SyntheticDataModule(num_samples=40, batch_size=64)
     dm.setup()
     with pytest.raises(ValueError, match="lower batch_size or set drop_last=False"):
         dm.train_dataloader()
-    dm = SyntheticImages(num_samples=40, batch_size=64, drop_last=False)
+    dm = SyntheticDataModule(num_samples=40, batch_size=64, drop_last=False)
     dm.setup()
     assert len(first_batch(dm.train_dataloader())[1]) == 32
 
 
 def test_too_small_source_for_a_split():
     with pytest.raises(ValueError, match="cannot carve a test split"):
-        SyntheticImages(num_samples=10, num_classes=2, test_fraction=0.01).setup()
+        SyntheticDataModule(num_samples=10, num_classes=2, test_fraction=0.01).setup()
 
 
 def test_synthetic_is_deterministic_per_seed():
-    a, b, c = SyntheticImages(seed=0), SyntheticImages(seed=0), SyntheticImages(seed=1)
-    assert torch.equal(a._data.images, b._data.images) and torch.equal(a._data.labels, b._data.labels)
-    assert not torch.equal(a._data.images, c._data.images)
-    assert torch.bincount(a._data.labels).tolist() == [26] * 6 + [25] * 4
+    # each source's whole train split, as read by load() (at setup)
+    a, b, c = (SyntheticDataModule(seed=seed).load()["train"] for seed in (0, 0, 1))
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.images, c.images)
+    assert torch.bincount(a.labels).tolist() == [26] * 6 + [25] * 4
 
 
 def test_synthetic_classes_are_learnable():
-    dm = SyntheticImages(num_samples=500, num_classes=10, noise=0.2)
+    dm = SyntheticDataModule(num_samples=500, num_classes=10, noise=0.2)
     dm.setup()
     x_train, y_train = (torch.cat(t) for t in zip(*dm.train_dataloader()))
     x_test, y_test = (torch.cat(t) for t in zip(*dm.test_dataloader()))
@@ -307,7 +310,7 @@ class _TinyClassifier(L.LightningModule):
 
 
 def test_runs_under_a_lightning_trainer(tmp_path):
-    dm = SyntheticImages(img_size=8, batch_size=32, augment="crop_flip")
+    dm = SyntheticDataModule(img_size=8, batch_size=32, augment="crop_flip")
     model = _TinyClassifier(dm.in_chans * dm.img_size**2, dm.num_classes)
     trainer = L.Trainer(
         fast_dev_run=2,

@@ -3,7 +3,6 @@
 Every test writes its own tiny files in tmp_path; nothing is downloaded.
 """
 
-import gzip
 import pickle
 from pathlib import Path
 
@@ -12,20 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
-from research.data import CIFAR10, CIFAR100, MNIST, FashionMNIST, ImageFolderData
-from research.data.readers import read_cifar_batches, read_idx
-from research.data.vision import channel_stats
+from research.data import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    FashionMNISTDataModule,
+    ImageFolderDataModule,
+    MNISTDataModule,
+)
+from research.data.image_tensors import channel_stats
+from research.data.readers import read_cifar_batches, read_idx, write_idx
 
 SHARED_FASHION = Path("/work/shared/data/fashion-mnist")
-
-
-def write_idx(path: Path, array: np.ndarray) -> Path:
-    """Write a uint8 array in idx format (gzipped if the name ends in .gz)."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with (gzip.open if path.suffix == ".gz" else open)(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-    return path
 
 
 def write_mnist_tree(
@@ -65,7 +61,7 @@ def test_read_idx_rejects_bad_files(tmp_path):
         read_idx(tmp_path / "not-idx")
 
 
-@pytest.mark.parametrize(("cls", "suffix"), [(MNIST, ""), (FashionMNIST, ".gz")])
+@pytest.mark.parametrize(("cls", "suffix"), [(MNISTDataModule, ""), (FashionMNISTDataModule, ".gz")])
 def test_mnist_family_reads_torchvision_layout(tmp_path, cls, suffix):
     arrays = write_mnist_tree(tmp_path / cls.FOLDER, suffix=suffix)
     dm = cls(root=tmp_path, batch_size=8, img_size=32)
@@ -85,10 +81,10 @@ def test_mnist_family_reads_torchvision_layout(tmp_path, cls, suffix):
 @pytest.mark.parametrize(
     ("cls", "folder"),
     [
-        (MNIST, "MNIST/raw"),
-        (FashionMNIST, "FashionMNIST/raw"),
-        (CIFAR10, "cifar-10-batches-py"),
-        (CIFAR100, "cifar-100-python"),
+        (MNISTDataModule, "MNIST/raw"),
+        (FashionMNISTDataModule, "FashionMNIST/raw"),
+        (CIFAR10DataModule, "cifar-10-batches-py"),
+        (CIFAR100DataModule, "cifar-100-python"),
     ],
 )
 def test_missing_files_fail_at_construction_with_folder_and_fix(tmp_path, cls, folder):
@@ -99,7 +95,7 @@ def test_missing_files_fail_at_construction_with_folder_and_fix(tmp_path, cls, f
 
 
 def test_download_true_defers_the_check_to_setup(tmp_path):
-    dm = MNIST(root=tmp_path, download=True)  # no network is touched before prepare_data
+    dm = MNISTDataModule(root=tmp_path, download=True)  # no network is touched before prepare_data
     assert dm.num_classes == 10
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
         dm.setup()  # as after a failed download
@@ -109,7 +105,7 @@ def test_partial_files_name_the_missing_ones(tmp_path):
     write_mnist_tree(tmp_path / "MNIST/raw")
     (tmp_path / "MNIST/raw/t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(FileNotFoundError, match=r"MNIST: t10k-labels-idx1-ubyte not found"):
-        MNIST(root=tmp_path)
+        MNISTDataModule(root=tmp_path)
 
 
 def test_cifar10_reads_python_batches(tmp_path):
@@ -120,7 +116,7 @@ def test_cifar10_reads_python_batches(tmp_path):
         write_cifar_batch(folder / f"data_batch_{i + 1}", train[i], np.arange(4) + i, "labels")
     test = rng.integers(0, 256, (6, 3, 32, 32), dtype=np.uint8)
     write_cifar_batch(folder / "test_batch", test, np.arange(6), "labels")
-    dm = CIFAR10(root=tmp_path, batch_size=6, val_fraction=0.2)
+    dm = CIFAR10DataModule(root=tmp_path, batch_size=6, val_fraction=0.2)
     assert (dm.num_classes, dm.in_chans, dm.img_size, dm.class_names[0]) == (10, 3, 32, "airplane")
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (16, 4, 6)
@@ -142,7 +138,7 @@ def test_cifar100_fine_labels_and_grey_conversion(tmp_path):
         "fine_labels",
     )
     write_cifar_batch(folder / "test", np.zeros((5, 3, 32, 32), np.uint8), np.full(5, 99), "fine_labels")
-    dm = CIFAR100(root=tmp_path, batch_size=5, in_chans=1, img_size=16)
+    dm = CIFAR100DataModule(root=tmp_path, batch_size=5, in_chans=1, img_size=16)
     assert dm.num_classes == 100 and list(dm.class_names) == sorted(dm.class_names)
     assert dm.class_names[:2] == ("apple", "aquarium_fish") and dm.class_names[-1] == "worm"
     assert len(dm.mean) == 1 and dm.mean[0] == pytest.approx(0.299 * 0.5071 + 0.587 * 0.4865 + 0.114 * 0.4409)
@@ -165,13 +161,13 @@ def test_real_fashion_mnist(tmp_path):
     raw.mkdir(parents=True)
     for path in SHARED_FASHION.glob("*.gz"):
         (raw / path.name).symlink_to(path)
-    dm = FashionMNIST(root=tmp_path, batch_size=256)
+    dm = FashionMNISTDataModule(root=tmp_path, batch_size=256)
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (54_000, 6_000, 10_000)
     assert torch.bincount(dm.test_set.dataset.labels).tolist() == [1000] * 10
     mean, std = channel_stats(dm.train_set.dataset.images)  # the published constants match the data
-    assert mean[0] == pytest.approx(FashionMNIST.MEAN[0], abs=1e-4)
-    assert std[0] == pytest.approx(FashionMNIST.STD[0], abs=1e-4)
+    assert mean[0] == pytest.approx(FashionMNISTDataModule.MEAN[0], abs=1e-4)
+    assert std[0] == pytest.approx(FashionMNISTDataModule.STD[0], abs=1e-4)
 
 
 def write_image_tree(root: Path, splits: dict[str, dict[str, int]], size=(12, 12), mode: str = "RGB") -> None:
@@ -188,7 +184,7 @@ def write_image_tree(root: Path, splits: dict[str, dict[str, int]], size=(12, 12
 
 def test_image_folder_reads_splits_and_labels(tmp_path):
     write_image_tree(tmp_path, {"train": {"cat": 5, "dog": 5}, "test": {"cat": 2, "dog": 1}})
-    dm = ImageFolderData(tmp_path, batch_size=4, drop_last=False)
+    dm = ImageFolderDataModule(tmp_path, batch_size=4, drop_last=False)
     assert (dm.num_classes, dm.class_names, dm.in_chans, dm.img_size) == (2, ("cat", "dog"), 3, 12)
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (9, 1, 3)  # val carved from train
@@ -201,8 +197,8 @@ def test_image_folder_reads_splits_and_labels(tmp_path):
 
 def test_image_folder_resizes_and_converts(tmp_path):
     write_image_tree(tmp_path, {"train": {"a": 4, "b": 4}}, size=(20, 10), mode="L")
-    assert ImageFolderData(tmp_path).img_size == (10, 20)  # PIL's (width, height) 20x10 is 10 rows of 20
-    dm = ImageFolderData(
+    assert ImageFolderDataModule(tmp_path).img_size == (10, 20)  # PIL's (width, height) 20x10 is 10 rows of 20
+    dm = ImageFolderDataModule(
         tmp_path, img_size=8, in_chans=3, batch_size=2, val_fraction=0.25, test_fraction=0.25
     )
     assert dm.in_chans == 3 and dm.mean == (0.485, 0.456, 0.406)
@@ -214,7 +210,7 @@ def test_image_folder_resizes_and_converts(tmp_path):
 
 def test_image_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="expects root/train/<class>/<image>"):
-        ImageFolderData(tmp_path)
+        ImageFolderDataModule(tmp_path)
     write_image_tree(tmp_path, {"train": {"cat": 2}, "val": {"cat": 1, "cow": 1}})
     with pytest.raises(ValueError, match=r"val has class folder cow that .*train lacks"):
-        ImageFolderData(tmp_path)
+        ImageFolderDataModule(tmp_path)

@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from research.data import LanguageWords
+from research.data import LanguageWordsDataModule
 from research.data.words import PAD_ID, UNK_ID, CharVocabulary, labelled_words, words_of
 
 
 @pytest.fixture(scope="module")
 def bible():
     """The embedded English–Spanish words, read once for the module."""
-    return LanguageWords()
+    return LanguageWordsDataModule()
 
 
 def write(path, text):
@@ -56,7 +56,7 @@ def test_embedded_corpus_has_both_languages_and_no_shared_word(bible):
 
 
 def test_test_words_do_not_depend_on_the_seed(two_languages):
-    a, b = LanguageWords(files=two_languages, seed=0), LanguageWords(files=two_languages, seed=1)
+    a, b = LanguageWordsDataModule(files=two_languages, seed=0), LanguageWordsDataModule(files=two_languages, seed=1)
     assert a.words.test == b.words.test
     assert a.words.val != b.words.val or a.words.train != b.words.train
 
@@ -69,7 +69,7 @@ def test_character_vocabulary_has_pad_and_unknown_first():
 
 
 def test_batches_are_padded_character_ids_with_lengths_and_labels(two_languages):
-    dm = LanguageWords(files=two_languages, val_fraction=0.2, test_fraction=0.2, batch_size=4)
+    dm = LanguageWordsDataModule(files=two_languages, val_fraction=0.2, test_fraction=0.2, batch_size=4)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {"tokens", "lengths", "labels"}
@@ -84,14 +84,14 @@ def test_batches_are_padded_character_ids_with_lengths_and_labels(two_languages)
 
 
 def test_vocabulary_comes_from_the_training_words_only(two_languages):
-    dm = LanguageWords(files=two_languages, val_fraction=0.2, test_fraction=0.2)
+    dm = LanguageWordsDataModule(files=two_languages, val_fraction=0.2, test_fraction=0.2)
     train_chars = {c for word, _ in dm.words.train for c in word}
     assert set(dm.vocab.itos[2:]) == train_chars and dm.vocab_size == len(train_chars) + 2
     assert dm.pad_id == PAD_ID
 
 
 def test_encode_maps_unknown_characters_to_the_unknown_id(two_languages):
-    dm = LanguageWords(files=two_languages, val_fraction=0.2, test_fraction=0.2)
+    dm = LanguageWordsDataModule(files=two_languages, val_fraction=0.2, test_fraction=0.2)
     batch = dm.encode(["Dog", "жук"])
     assert batch["lengths"].tolist() == [3, 3]
     assert batch["tokens"][0].tolist() == dm.vocab.encode("dog")
@@ -102,14 +102,15 @@ def test_encode_maps_unknown_characters_to_the_unknown_id(two_languages):
 
 def test_user_files_name_the_languages(two_languages, tmp_path):
     three = two_languages | {"spanish": write(tmp_path / "es.txt", "la casa y el perro\nrojo azul\n")}
-    dm = LanguageWords(files=three, val_fraction=0.2, test_fraction=0.2)
+    dm = LanguageWordsDataModule(files=three, val_fraction=0.2, test_fraction=0.2)
     assert dm.languages == ["english", "german", "spanish"] and dm.num_classes == 3
     assert ("perro", 2) in dm.words.train + dm.words.val + dm.words.test
 
 
 def test_a_tsv_corpus_with_one_column_a_language(tmp_path):
     rows = ["the red house\tdie rote haus", "a green tree\tein grüner baum", "big dog\tgroßer hund"] * 2
-    dm = LanguageWords(corpus=write(tmp_path / "c.tsv", "\n".join(rows)), languages=["en", "de"], val_fraction=0.2)
+    corpus = write(tmp_path / "c.tsv", "\n".join(rows))
+    dm = LanguageWordsDataModule(corpus=corpus, languages=["en", "de"], val_fraction=0.2)
     assert dm.languages == ["en", "de"]
     assert ("baum", 1) in dm.words.train + dm.words.val + dm.words.test
 
@@ -117,16 +118,16 @@ def test_a_tsv_corpus_with_one_column_a_language(tmp_path):
 def test_bad_input_is_a_clear_error(tmp_path, two_languages):
     empty = write(tmp_path / "digits.txt", "123 456\n!!! ...\n")
     with pytest.raises(ValueError, match="no word of at least 1 letters"):
-        LanguageWords(files={"a": empty, "b": empty}).setup("fit")
+        LanguageWordsDataModule(files={"a": empty, "b": empty}).setup("fit")
     same = write(tmp_path / "same.txt", "casa perro\n")
     with pytest.raises(ValueError, match=r"no word of \['b', 'c'\] is left"):
-        LanguageWords(files={"a": two_languages["english"], "b": same, "c": same}).setup("fit")
+        LanguageWordsDataModule(files={"a": two_languages["english"], "b": same, "c": same}).setup("fit")
     with pytest.raises(ValueError, match="either files .* or corpus"):
-        LanguageWords(files=two_languages, corpus=two_languages["english"])
+        LanguageWordsDataModule(files=two_languages, corpus=two_languages["english"])
     with pytest.raises(ValueError, match="at least two distinct languages"):
-        LanguageWords(files={"english": two_languages["english"]})
+        LanguageWordsDataModule(files={"english": two_languages["english"]})
     with pytest.raises(FileNotFoundError, match="nowhere.txt"):
-        LanguageWords(files={"a": str(tmp_path / "nowhere.txt"), "b": same})
+        LanguageWordsDataModule(files={"a": str(tmp_path / "nowhere.txt"), "b": same})
     three_columns = write(tmp_path / "three.tsv", "a\tb\tc\n")
     with pytest.raises(ValueError, match="expected 2 tab-separated columns, found 3"):
-        LanguageWords(corpus=three_columns).setup("fit")
+        LanguageWordsDataModule(corpus=three_columns).setup("fit")

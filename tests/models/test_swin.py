@@ -213,12 +213,12 @@ def test_foreign_or_mismatched_weights_are_refused():
 
 def test_images_the_patch_size_does_not_divide_stop_before_training():
     lightning = pytest.importorskip("lightning")
-    from research.data import SyntheticImages
+    from research.data import SyntheticDataModule
     from research.tasks import ImageClassification
 
     task = ImageClassification({"name": "swin_tiny_patch2_window4_32", "num_classes": 4, "embed_dim": 8,
                                 "depths": (2,), "num_heads": (1,)})
-    data = SyntheticImages(num_samples=16, num_classes=4, img_size=31, batch_size=4)
+    data = SyntheticDataModule(num_samples=16, num_classes=4, img_size=31, batch_size=4)
     trainer = lightning.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                                 enable_model_summary=False, accelerator="cpu")
     with pytest.raises(ValueError, match="a 31x31 image is not divisible into 2x2 patches"):

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from research.data import SyntheticImages
+from research.data import SyntheticDataModule
 from research.tasks import ImageClassification
 
 TINY = {"name": "resnet20", "num_classes": 4, "in_chans": 3}
@@ -20,8 +20,8 @@ def trainer(**kw) -> L.Trainer:
     return L.Trainer(**{**defaults, **kw})
 
 
-def synthetic(**kw) -> SyntheticImages:
-    return SyntheticImages(
+def synthetic(**kw) -> SyntheticDataModule:
+    return SyntheticDataModule(
         **{"num_samples": 64, "num_classes": 4, "img_size": 16, "in_chans": 3, "batch_size": 16, **kw}
     )
 
@@ -71,7 +71,7 @@ def test_mixup_cutmix_and_label_smoothing_train():
 def test_num_classes_mismatch_stops_before_training():
     task = ImageClassification({**TINY, "num_classes": 100})
     with pytest.raises(
-        ValueError, match="predicts 100 classes but SyntheticImages has 4; set num_classes: 4"
+        ValueError, match="predicts 100 classes but SyntheticDataModule has 4; set num_classes: 4"
     ):
         trainer(max_steps=1).fit(task, datamodule=synthetic())
 

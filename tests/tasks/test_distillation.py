@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from research.data import SyntheticImages
+from research.data import SyntheticDataModule
 from research.models import create_model
 from research.tasks import Distillation
 from research.tasks.distillation import distillation_loss
@@ -22,8 +22,8 @@ def trainer(**kw) -> L.Trainer:
     return L.Trainer(**{**defaults, **kw})
 
 
-def synthetic() -> SyntheticImages:
-    return SyntheticImages(num_samples=48, num_classes=4, img_size=16, in_chans=1, batch_size=16)
+def synthetic() -> SyntheticDataModule:
+    return SyntheticDataModule(num_samples=48, num_classes=4, img_size=16, in_chans=1, batch_size=16)
 
 
 def save_teacher(path, spec=TEACHER, *, lightning_layout=True):

@@ -2,7 +2,7 @@ import lightning as L
 import pytest
 import torch
 
-from research.data import SyntheticImages
+from research.data import SyntheticDataModule
 from research.models import create_model
 from research.models.mae import MaskedAutoencoderViT
 from research.tasks import ImageClassification, MAEPretraining
@@ -35,8 +35,8 @@ def trainer(**kw) -> L.Trainer:
     return L.Trainer(**{**defaults, **kw})
 
 
-def synthetic(**kw) -> SyntheticImages:
-    return SyntheticImages(
+def synthetic(**kw) -> SyntheticDataModule:
+    return SyntheticDataModule(
         **{"num_samples": 64, "num_classes": 4, "img_size": 16, "in_chans": 3, "batch_size": 8, **kw}
     )
 

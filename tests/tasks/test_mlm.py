@@ -4,7 +4,7 @@ import lightning as L
 import pytest
 import torch
 
-from research.data import MaskedLMDataModule
+from research.data import MaskedLanguageModellingDataModule
 from research.data.text import EMBEDDED_BIBLE, read_tsv
 from research.tasks import MaskedLanguageModelling
 from research.tasks.mlm import MostFrequentTokenAccuracy
@@ -20,7 +20,7 @@ def corpus(tmp_path):
 
 def datamodule(corpus, tmp_path, **kw):
     args = dict(corpus=str(corpus), vocab_size=500, cache_dir=str(tmp_path / "cache"), max_length=32, batch_size=8)
-    return MaskedLMDataModule(**(args | kw))
+    return MaskedLanguageModellingDataModule(**(args | kw))
 
 
 def trainer(tmp_path, **kw):

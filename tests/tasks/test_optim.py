@@ -170,7 +170,7 @@ def test_one_cycle_without_room_for_its_peak_is_a_clear_error():
 def test_cyclic_schedule_of_the_classification_task_steps_as_wong_et_al():
     import lightning as L
 
-    from research.data import SyntheticImages
+    from research.data import SyntheticDataModule
     from research.tasks import ImageClassification
 
     class RecordLR(L.Callback):
@@ -185,7 +185,7 @@ def test_cyclic_schedule_of_the_classification_task_steps_as_wong_et_al():
     task = ImageClassification({"name": "madry_mnist_cnn", "num_classes": 4, "in_chans": 1, "img_size": 8},
                                optimizer="adamw", lr=5e-3, weight_decay=0.0, schedule="cyclic",
                                cycle_peak=(epochs * 2 // 5) / epochs, mean=[0.0], std=[1.0])
-    data = SyntheticImages(num_samples=96, num_classes=4, img_size=8, in_chans=1, batch_size=16)
+    data = SyntheticDataModule(num_samples=96, num_classes=4, img_size=8, in_chans=1, batch_size=16)
     trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[record],
                         limit_val_batches=0)

@@ -5,7 +5,7 @@ import lightning as L
 import pytest
 import torch
 
-from research.data import FunctionRegression
+from research.data import FunctionRegressionDataModule
 from research.fit import main
 from research.models import create_model
 from research.tasks import Regression
@@ -27,7 +27,7 @@ def trainer(tmp_path, **kw):
 
 
 def test_loss_falls_when_overfitting_one_batch():
-    dm = FunctionRegression(num_train=64, num_val=8, num_test=8, batch_size=64)
+    dm = FunctionRegressionDataModule(num_train=64, num_val=8, num_test=8, batch_size=64)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     torch.manual_seed(0)
@@ -45,7 +45,7 @@ def test_loss_falls_when_overfitting_one_batch():
 
 
 def test_fit_logs_mse_and_mae_and_predict_gives_values(tmp_path):
-    dm = FunctionRegression(num_train=64, num_val=32, num_test=32, batch_size=16)
+    dm = FunctionRegressionDataModule(num_train=64, num_val=32, num_test=32, batch_size=16)
     task = Regression({"name": "mlp", "hidden_sizes": [8]}, schedule="cosine")
     run = trainer(tmp_path)
     run.fit(task, datamodule=dm)
@@ -79,8 +79,8 @@ def test_bad_input_is_a_clear_error(tmp_path):
     task = Regression({"name": "mlp"})
     with pytest.raises(ValueError, match=r"predictions have shape \(4, 1\) but targets \(4,\)"):
         task.training_step((torch.zeros(4, 1), torch.zeros(4)), 0)
-    with pytest.raises(ValueError, match="in_features=2 but FunctionRegression has 1"):
-        trainer(tmp_path).fit(Regression({"name": "mlp", "in_features": 2}), datamodule=FunctionRegression())
+    with pytest.raises(ValueError, match="in_features=2 but FunctionRegressionDataModule has 1"):
+        trainer(tmp_path).fit(Regression({"name": "mlp", "in_features": 2}), datamodule=FunctionRegressionDataModule())
     with pytest.raises(ValueError, match="unknown schedule"):
         Regression({"name": "mlp"}, schedule="step")
 

@@ -2,7 +2,7 @@ import lightning as L
 import pytest
 import torch
 
-from research.data import LanguageWords
+from research.data import LanguageWordsDataModule
 from research.tasks import SequenceClassification
 
 
@@ -14,7 +14,7 @@ def words(tmp_path):
     for language, text in (("english", english), ("spanish", spanish)):
         files[language] = str(tmp_path / f"{language}.txt")
         (tmp_path / f"{language}.txt").write_text(text, encoding="utf-8")
-    return LanguageWords(files=files, val_fraction=0.2, test_fraction=0.2, batch_size=4)
+    return LanguageWordsDataModule(files=files, val_fraction=0.2, test_fraction=0.2, batch_size=4)
 
 
 def trainer(tmp_path, **kw):
@@ -85,10 +85,10 @@ def test_a_checkpoint_loads_without_the_data(words, tmp_path):
 
 def test_a_model_that_does_not_fit_the_data_is_a_clear_error(words, tmp_path):
     task = SequenceClassification({"name": "gru_classifier_tiny", "vocab_size": 5, "num_classes": 2})
-    with pytest.raises(ValueError, match="the model has vocab_size=5 but LanguageWords has vocab_size="):
+    with pytest.raises(ValueError, match="the model has vocab_size=5 but LanguageWordsDataModule has vocab_size="):
         trainer(tmp_path).fit(task, datamodule=words)
     task = SequenceClassification({"name": "gru_classifier_tiny", "num_classes": 3})
-    with pytest.raises(ValueError, match="num_classes=3 but LanguageWords has num_classes=2"):
+    with pytest.raises(ValueError, match="num_classes=3 but LanguageWordsDataModule has num_classes=2"):
         trainer(tmp_path).fit(task, datamodule=words)
     with pytest.raises(ValueError, match="lacks \\['vocab_size', 'num_classes'\\]"):
         SequenceClassification(torch.nn.Linear(2, 2))
