@@ -69,10 +69,7 @@ def lightning_fit(model, batches, mean, std, args) -> float:
         num_classes=10,
         mean=mean.flatten().tolist(),
         std=std.flatten().tolist(),
-        optimizer="sgd",
-        lr=0.1,
-        weight_decay=1e-4,
-        nesterov=True,
+        optim={"name": "sgd", "lr": 0.1, "weight_decay": 1e-4, "nesterov": True},
     )
     timer = StepTimes()
     with tempfile.TemporaryDirectory() as logs:

@@ -1,6 +1,7 @@
 import pickle
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -10,6 +11,19 @@ from research.data.readers import write_idx
 # The tests' tensors are tiny: one thread avoids the pool's hand-offs, and on a busy machine the
 # suite runs several times faster than with one thread per core.
 torch.set_num_threads(1)
+
+
+def trainer(root: Path | str | None = None, **overrides) -> L.Trainer:
+    """A quiet one-CPU Trainer for tests (no logger, checkpoints, progress bar or summary); ``root`` is its folder.
+
+    Test files import it (``from conftest import trainer``) and pin their own defaults with
+    ``functools.partial``; keyword arguments override every default.
+    """
+    options = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False)
+    if root is not None:
+        options["default_root_dir"] = str(root)
+    return L.Trainer(**(options | overrides))
 
 
 @pytest.fixture(autouse=True)

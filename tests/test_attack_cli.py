@@ -29,7 +29,7 @@ model:
   class_path: research.tasks.ImageClassification
   init_args:
     model: {name: five_layer_cnn, num_classes: 4, in_chans: 1, img_size: 16}
-    lr: 0.01
+    optim: {lr: 0.01}
 data:
   class_path: research.data.SyntheticDataModule
   init_args: {num_samples: 256, num_classes: 4, img_size: 16, in_chans: 1, batch_size: 32}

@@ -66,7 +66,7 @@ def fit(args, tmp_path, run=True, subcommand="fit"):
             "research.tasks.ImageClassification",
             "--model.model",
             '{"name": "resnet20", "num_classes": 4}',
-            "--model.lr",
+            "--model.optim.lr",
             "0.01",
             *SYNTHETIC,
             "--trainer.logger",

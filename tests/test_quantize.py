@@ -81,7 +81,7 @@ def test_dynamic_on_a_model_without_linear_layers_is_a_clear_error():
 def test_command_reports_size_latency_and_accuracy_before_and_after(tmp_path, capsys):
     L.seed_everything(0)
     data = {"num_samples": 96, "num_classes": 4, "img_size": 16, "in_chans": 1, "batch_size": 32}
-    task = ImageClassification(CNN, lr=3e-3, schedule="constant")
+    task = ImageClassification(CNN, optim={"lr": 3e-3, "schedule": "constant"})
     trainer = L.Trainer(
         accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False,

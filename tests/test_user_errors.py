@@ -260,7 +260,7 @@ def test_a_loss_that_becomes_nan_stops_training_and_keeps_the_last_good_checkpoi
     import re
 
     spec = TINY.replace("max_epochs: 1}", "max_epochs: 8}").replace("num_samples: 16", "num_samples: 20")
-    spec = spec.replace("hidden_dim: 16}", "hidden_dim: 16}\n    lr: 1000.0")
+    spec = spec.replace("hidden_dim: 16}", "hidden_dim: 16}\n    optim: {lr: 1000.0}")
     last = printed(capsys, lambda: fit.main(["fit", "--config", config(spec), "--experiment", "nan",
                                              "--test_after_fit", "false"]))
     said = re.search(r"error: (\S+) became (nan|inf|-inf) at training batch \d of epoch (\d+) \(global step (\d+)\); "

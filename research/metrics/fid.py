@@ -25,6 +25,7 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from research.models import build_model
+from research.models.protocols import FeatureClassifier, require
 
 
 class ClassifierFeatures(nn.Module):
@@ -45,12 +46,8 @@ class ClassifierFeatures(nn.Module):
 
     def __init__(self, classifier: nn.Module, *, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        missing = [a for a in ("forward_features", "forward_head", "num_features") if not hasattr(classifier, a)]
-        if missing:
-            raise ValueError(
-                f"FID features need a classifier with forward_features, forward_head(pre_logits=True) and "
-                f"num_features; {type(classifier).__name__} lacks {missing}"
-            )
+        require(classifier, FeatureClassifier, "FID features need a classifier with forward_features, "
+                "forward_head(pre_logits=True) and num_features")
         if len(mean) != len(std):
             raise ValueError(f"mean {tuple(mean)} and std {tuple(std)} must have one entry per channel")
         self.classifier = classifier.requires_grad_(False).eval()

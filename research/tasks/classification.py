@@ -19,13 +19,15 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from research.checkpoint_file import load_checkpoint
 from research.models import build_model, import_weights
+from research.models.protocols import FeatureClassifier, require
+from research.tasks.base import ImageTask
 from research.tasks.checks import check_checkpoint
-from research.tasks.optim import OptimizerName, build_optimizer, one_cycle_over_run, warmup_cosine_per_epoch
+from research.tasks.optim import OptimizerSettings
 
 log = logging.getLogger(__name__)
 
 
-class ImageClassification(L.LightningModule):
+class ImageClassification(ImageTask):
     """Supervised image classification.
 
     Args:
@@ -37,19 +39,9 @@ class ImageClassification(L.LightningModule):
         label_smoothing: cross-entropy label smoothing (Szegedy et al. 2016).
         mixup_alpha: Beta(alpha, alpha) mixup (Zhang et al. 2018); 0 disables it.
         cutmix_alpha: Beta(alpha, alpha) CutMix (Yun et al. 2019); 0 disables it.
-        optimizer: "adamw" or "sgd"; biases and norm weights get no weight decay.
-        lr: peak learning rate.
-        weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
-        momentum: SGD momentum.
-        nesterov: SGD Nesterov momentum.
-        warmup_epochs: linear warm-up length in epochs (may be fractional) of the cosine schedule.
-        min_lr_ratio: the cosine and cyclic schedules decay to ``lr * min_lr_ratio``.
-        schedule: "cosine" (per-step, after warm-up), "constant", or "cyclic": per step, a linear
-            rise from 0 to ``lr`` at ``cycle_peak`` of the run and a linear fall to
-            ``lr * min_lr_ratio`` at its last step (Wong et al. 2020's cyclic lr, see
-            :func:`~research.tasks.optim.one_cycle_linear`).
-        cycle_peak: where the cyclic schedule peaks, as a fraction of the run's optimizer steps
-            (Wong et al.: 2/5).
+        optim: the optimizer and schedule (:class:`~research.tasks.optim.OptimizerSettings`); by
+            default AdamW, lr 1e-3, weight decay 0.05, cosine decay per step. ``layer_decay`` is for
+            fine-tuning a ViT or Swin (MAE's fine-tuning: 0.65 for ViT-B, 0.75 for ViT-L/H).
         pretrained: path of a checkpoint whose weights initialise the model, read through
             :func:`~research.models.import_weights` when the task is built: e.g. an MAE
             pre-training checkpoint, whose encoder loads into a ViT (position embeddings resampled
@@ -59,12 +51,9 @@ class ImageClassification(L.LightningModule):
             (``forward_head(..., pre_logits=True)``): BatchNorm without affine parameters, then a
             linear layer, as MAE's linear probing (He et al. 2022, App. A.2). The frozen model stays
             in eval mode (no dropout, drop path or BatchNorm updates); its own head is unused.
-        layer_decay: layer-wise learning-rate decay for fine-tuning a ViT or Swin (each layer's lr is
-            ``lr * layer_decay ** depth_from_the_top``; MAE's fine-tuning: 0.65 for ViT-B, 0.75 for
-            ViT-L/H); None trains every layer at ``lr``.
     """
 
-    #: metric and mode that ModelCheckpoint uses to keep the best checkpoint.
+    default_optim = OptimizerSettings(name="adamw", lr=1e-3, weight_decay=0.05, schedule="cosine")
     checkpoint_monitor = ("val/acc", "max")
 
     def __init__(
@@ -77,20 +66,11 @@ class ImageClassification(L.LightningModule):
         label_smoothing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
-        optimizer: OptimizerName = "adamw",
-        lr: float = 1e-3,
-        weight_decay: float = 0.05,
-        momentum: float = 0.9,
-        nesterov: bool = False,
-        warmup_epochs: float = 0.0,
-        min_lr_ratio: float = 0.0,
-        schedule: str = "cosine",
-        cycle_peak: float = 0.4,
+        optim: OptimizerSettings = default_optim,
         pretrained: str | None = None,
         linear_probe: bool = False,
-        layer_decay: float | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(optim)
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
         self.model = build_model(model)
         self.num_classes = num_classes or getattr(self.model, "num_classes", None)
@@ -99,16 +79,9 @@ class ImageClassification(L.LightningModule):
         if pretrained is not None:
             self._load_pretrained(Path(pretrained))
         self.probe = self._linear_probe_head() if linear_probe else None
-        if linear_probe and layer_decay is not None:
+        if linear_probe and self.optim.layer_decay is not None:
             raise ValueError("layer_decay scales the lr of the model's layers, which a linear probe freezes: drop one")
-        if schedule not in ("cosine", "constant", "cyclic"):
-            raise ValueError(f"unknown schedule {schedule!r}; choose 'cosine', 'constant' or 'cyclic'")
-        if schedule == "cyclic" and warmup_epochs:
-            raise ValueError("schedule 'cyclic' rises until cycle_peak (a fraction of the run); warmup_epochs is "
-                             "the cosine schedule's: remove it")
-        if (mean is None) != (std is None):
-            raise ValueError("give both mean and std, or neither (then the datamodule's are used)")
-        self._set_normalization(mean, std)
+        self.init_normalization(mean, std)
 
         self.mixup = None
         if mixup_alpha > 0 or cutmix_alpha > 0:
@@ -151,12 +124,9 @@ class ImageClassification(L.LightningModule):
 
     def _linear_probe_head(self) -> nn.Sequential:
         """Freeze the model and build MAE's probe head (App. A.2) on its pooled features."""
-        num_features = getattr(self.model, "num_features", None)
-        if num_features is None or not hasattr(self.model, "forward_features"):
-            raise ValueError(
-                f"linear_probe needs a model with forward_features/forward_head and num_features "
-                f"(ViT, ResNet, ...); {type(self.model).__name__} has not"
-            )
+        require(self.model, FeatureClassifier,
+                "linear_probe needs a model with forward_features/forward_head and num_features (ViT, ResNet, ...)")
+        num_features = self.model.num_features
         self.model.requires_grad_(False)
         self.model.eval()  # and train() keeps it so: Lightning starts fitting in the modes it finds
         # "an extra BatchNorm layer without affine transformation" normalises the features' scales,
@@ -179,16 +149,6 @@ class ImageClassification(L.LightningModule):
             return self.model(x)
         return self.probe(self.model.forward_head(self.model.forward_features(x), pre_logits=True))
 
-    def _set_normalization(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
-        shape = (-1, 1, 1)
-        empty = torch.zeros(0)
-        self.register_buffer(
-            "mean", torch.tensor(mean, dtype=torch.float32).view(shape) if mean else empty, persistent=False
-        )
-        self.register_buffer(
-            "std", torch.tensor(std, dtype=torch.float32).view(shape) if std else empty, persistent=False
-        )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for images in [0, 1].
 
@@ -198,16 +158,11 @@ class ImageClassification(L.LightningModule):
         Returns:
             (B, num_classes) logits.
         """
-        if self.mean.numel():
-            x = (x - self.mean) / self.std
-        return self._logits(x)
+        return self._logits(self.normalize(x))
 
-    def setup(self, stage: str) -> None:
-        """Check the model against the datamodule before any step runs; adopt its mean/std."""
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is None:
-            return
-        data_classes = getattr(dm, "num_classes", None)
+    def fit_to_data(self, dm: L.LightningDataModule | None) -> None:
+        """Check the model's classes against the datamodule's, then adopt its mean/std and run one blank image."""
+        data_classes = getattr(dm, "num_classes", None) if dm is not None else None
         if data_classes is not None and data_classes != self.num_classes:
             named = getattr(dm, "class_names", None)
             if data_classes > self.num_classes and named and list(named) == [str(i) for i in range(data_classes)]:
@@ -223,36 +178,14 @@ class ImageClassification(L.LightningModule):
                 f"the model predicts {self.num_classes} classes but {type(dm).__name__} has {data_classes}; "
                 f"set num_classes: {data_classes} in the model's config"
             )
-        if not self.mean.numel() and getattr(dm, "mean", None) is not None:
-            self.hparams["mean"], self.hparams["std"] = tuple(dm.mean), tuple(dm.std)  # saved in checkpoints
-            self._set_normalization(dm.mean, dm.std)
-        in_chans, img_size = getattr(dm, "in_chans", None), getattr(dm, "img_size", None)
-        if in_chans is not None and img_size is not None:
-            self._check_input(in_chans, img_size)
+        super().fit_to_data(dm)
 
-    @torch.no_grad()
-    def _check_input(self, in_chans: int, img_size: int | tuple[int, int]) -> None:
-        """One forward on a blank image: a model that cannot take the data fails here, not mid-run."""
-        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
-        if self.mean.numel() and self.mean.numel() != in_chans:
-            raise ValueError(f"mean/std have {self.mean.numel()} channels but the images have {in_chans}")
-        training = [m.training for m in self.modules()]
-        self.eval()  # no BatchNorm statistics move (the model's or a linear probe's)
-        try:
-            out = self._logits(torch.zeros(1, in_chans, h, w, device=self.device))
-        except (ValueError, RuntimeError) as err:
-            raise ValueError(
-                f"the model cannot take this data's images (shape (B, {in_chans}, {h}, {w})): {err}\n"
-                "Build the model for these images (in_chans/img_size in its config) or convert the images "
-                "(data in_chans/img_size)."
-            ) from err
-        finally:
-            for m, t in zip(self.modules(), training):
-                m.train(t)
-        if out.ndim != 2 or out.shape[-1] != self.num_classes:
-            raise ValueError(
-                f"the model returns shape {tuple(out.shape)}, expected (B, {self.num_classes}) logits"
-            )
+    def dry_run(self, image: torch.Tensor) -> torch.Tensor:
+        return self(image)
+
+    def check_output(self, output: torch.Tensor) -> None:
+        if output.ndim != 2 or output.shape[-1] != self.num_classes:
+            raise ValueError(f"the model returns shape {tuple(output.shape)}, expected (B, {self.num_classes}) logits")
 
     def _model_description(self) -> str:
         return str(self.hparams.get("model", type(self.model).__name__))
@@ -305,23 +238,5 @@ class ImageClassification(L.LightningModule):
         x = batch[0] if isinstance(batch, list | tuple) else batch
         return self(x).softmax(-1)
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        optimizer = build_optimizer(
-            self.model if self.probe is None else self.probe,  # a probe's model is frozen
-            hp.optimizer,
-            lr=hp.lr,
-            weight_decay=hp.weight_decay,
-            momentum=hp.momentum,
-            nesterov=hp.nesterov,
-            layer_decay=hp.layer_decay,
-        )
-        if hp.schedule == "constant":
-            return optimizer
-        if hp.schedule == "cyclic":
-            scheduler = one_cycle_over_run(self.trainer, optimizer, peak=hp.cycle_peak, min_lr_ratio=hp.min_lr_ratio)
-        else:
-            scheduler = warmup_cosine_per_epoch(
-                self.trainer, optimizer, warmup_epochs=hp.warmup_epochs, min_lr_ratio=hp.min_lr_ratio
-            )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def optimized_module(self) -> nn.Module:
+        return self.model if self.probe is None else self.probe  # a probe's model is frozen

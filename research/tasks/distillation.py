@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -83,7 +84,7 @@ class Distillation(ImageClassification):
         alpha: weight of the hard-label cross-entropy; ``1 - alpha`` weighs the distillation term.
             1 trains the student alone (the baseline), 0 on the teacher alone.
         temperature: softmax temperature T of the distillation term (Hinton et al. use 1-20).
-        **kwargs: the other ImageClassification arguments (optimizer, lr, schedule, mean/std, ...).
+        **kwargs: the other ImageClassification arguments (optim, mean/std, ...).
             ``linear_probe`` is not supported: the student is trained whole.
     """
 
@@ -151,22 +152,16 @@ class Distillation(ImageClassification):
     @torch.no_grad()
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The teacher's logits for images in [0, 1], normalised as the student's. Shape: (B, C, H, W) -> (B, K)."""
-        if self.mean.numel():
-            x = (x - self.mean) / self.std
-        return self.teacher(x)
+        return self.teacher(self.normalize(x))
 
-    @torch.no_grad()
-    def _check_input(self, in_chans: int, img_size: int | tuple[int, int]) -> None:
-        """The student's dry forward (ImageClassification's), then the teacher's on the same blank image."""
-        super()._check_input(in_chans, img_size)
-        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
-        try:
-            out = self.teacher(torch.zeros(1, in_chans, h, w, device=self.device))
-        except (ValueError, RuntimeError) as err:
-            raise ValueError(
-                f"the teacher {self._teacher_description()} cannot take this data's images (shape (B, {in_chans}, "
-                f"{h}, {w})): {err}\nDistil from a teacher trained on this data."
-            ) from err
+    def fit_to_data(self, dm: L.LightningDataModule | None) -> None:
+        """The student's checks (ImageClassification's), then the teacher's dry forward on the same blank image."""
+        super().fit_to_data(dm)
+        image = self.blank_image(dm) if dm is not None else None
+        if image is None:
+            return
+        out = self.dry_forward(self.teacher_logits, image, who=f"the teacher {self._teacher_description()}",
+                               advice="Distil from a teacher trained on this data.")
         if out.ndim != 2 or out.shape[-1] != self.num_classes:
             raise ValueError(
                 f"the teacher returns shape {tuple(out.shape)}, expected (B, {self.num_classes}) logits: "

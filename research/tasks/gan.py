@@ -18,17 +18,18 @@ of the generator's samples in eval mode.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from research.metrics.fid import ClassifierFeatures, classifier_fid
 from research.models import build_model
+from research.tasks.base import Task
 from research.tasks.checks import check_checkpoint
+from research.tasks.optim import OptimizerSettings, configure_optimization
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def batch_statistics(module: nn.Module) -> Iterator[None]:
             m.track_running_stats = track
 
 
-class GAN(L.LightningModule):
+class GAN(Task):
     """Adversarial training of a generator and a discriminator, with manual optimisation.
 
     Each training batch takes one discriminator step (real images labelled 1, detached samples
@@ -69,25 +70,27 @@ class GAN(L.LightningModule):
             ``nn.Module`` with ``latent_dim`` mapping (B, latent_dim) noise to images in [-1, 1].
         discriminator: a registered model, e.g. ``{"name": "dcgan_discriminator"}``, or an
             ``nn.Module`` mapping images in [-1, 1] to (B,) logits.
-        lr: Adam learning rate of both networks.
-        betas: Adam betas of both networks (DCGAN lowers beta1 from 0.9 to 0.5 for stability).
+        optim: the optimizer of both networks (:class:`~research.tasks.optim.OptimizerSettings`);
+            by default DCGAN's Adam (AdamW without weight decay), lr 2e-4, betas (0.5, 0.999) (beta1
+            lowered from 0.9 for stability). Both are stepped by hand: the schedule stays constant.
         fid_extractor: path of an :class:`~research.tasks.ImageClassification` checkpoint whose
             penultimate features define FID for validation and test (``val/fid``, ``test/fid``;
             the best checkpoint is then the lowest ``val/fid``). None skips FID with a warning.
         eval_seed: seed of the noise that validation and test draw.
     """
 
+    default_optim = OptimizerSettings(name="adamw", lr=2e-4, betas=(0.5, 0.999), weight_decay=0.0)
+
     def __init__(
         self,
         generator: nn.Module | dict | str = "dcgan_generator",
         discriminator: nn.Module | dict | str = "dcgan_discriminator",
         *,
-        lr: float = 2e-4,
-        betas: Sequence[float] = (0.5, 0.999),
+        optim: OptimizerSettings = default_optim,
         fid_extractor: str | None = None,
         eval_seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(optim)
         self.save_hyperparameters(ignore=[n for n, m in (("generator", generator), ("discriminator", discriminator))
                                           if isinstance(m, nn.Module)])
         self.automatic_optimization = False  # two optimizers, stepped in turn (Algorithm 1)
@@ -98,8 +101,8 @@ class GAN(L.LightningModule):
                 f"the generator must have an int latent_dim (the size of its noise input); "
                 f"{type(self.generator).__name__} has {self.latent_dim!r}"
             )
-        if lr <= 0 or len(betas) != 2:
-            raise ValueError(f"lr must be > 0 and betas two numbers, got lr={lr}, betas={tuple(betas)}")
+        if self.optim.schedule != "constant":
+            raise ValueError("the GAN steps its two optimizers by hand, without schedule: set optim.schedule: constant")
         self.val_fid = self.test_fid = None
         if fid_extractor is None:
             log.warning("GAN: no fid_extractor checkpoint given, so FID is skipped (the losses are still logged)")
@@ -213,9 +216,6 @@ class GAN(L.LightningModule):
         self._eval_step(batch, batch_idx, "test")
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        """Adam for D, then Adam for G (DCGAN, section 4), no weight decay."""
-        betas = tuple(self.hparams.betas)
-        return [
-            torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=betas),
-            torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas),
-        ]
+        """An optimizer for D, then one for G (DCGAN, section 4), both from ``optim``."""
+        return [configure_optimization(net, self.optim, self._trainer, lr=self.optim.lr)
+                for net in (self.discriminator, self.generator)]

@@ -2,27 +2,24 @@
 
 The task owns what the model leaves out: normalisation of the [0, 1] images (its first step), the
 loss on the masked patches (Sec. 3, "Reconstruction target"), and the optimizer of App. A.1
-(AdamW with betas (0.9, 0.95), weight decay 0.05, lr = base_lr x effective batch / 256 with
-base_lr 1.5e-4, linear warm-up then cosine decay). The model is any masked autoencoder that
+(AdamW with betas (0.9, 0.95), weight decay 0.05, lr = 1.5e-4 x effective batch / 256, linear
+warm-up then cosine decay). The model is any masked autoencoder that
 returns ``(pred, mask)`` and has ``patchify``/``unpatchify``, e.g. ``mae_vit_base_patch16``.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 
 from research.models import build_model
 from research.models.mae import num_visible
-from research.tasks.checks import check_checkpoint
-from research.tasks.optim import build_optimizer, warmup_cosine_per_epoch
-
-log = logging.getLogger(__name__)
+from research.models.protocols import MaskedAutoencoder, require
+from research.tasks.base import ImageTask
+from research.tasks.optim import OptimizerSettings
 
 
 def normalize_patches(patches: Tensor, eps: float = 1e-6) -> Tensor:
@@ -69,7 +66,7 @@ class Reconstruction(NamedTuple):
     mask: Tensor
 
 
-class MAEPretraining(L.LightningModule):
+class MAEPretraining(ImageTask):
     """Self-supervised pre-training of a masked autoencoder; labels in the batches are ignored.
 
     Args:
@@ -80,16 +77,15 @@ class MAEPretraining(L.LightningModule):
         norm_pix_loss: predict per-patch normalised pixels (Table 2d; the paper's best setting).
         mean: per-channel mean for normalisation; taken from the datamodule when omitted.
         std: per-channel std for normalisation; taken from the datamodule when omitted.
-        base_lr: learning rate per 256 images of effective batch (App. A.1: 1.5e-4).
-        lr: absolute learning rate; when given, ``base_lr`` and the batch scaling are ignored.
-        weight_decay: AdamW weight decay (0.05); biases, norms and tokens get none.
-        betas: AdamW betas (0.9, 0.95), App. A.1 following Chen et al. 2020 (iGPT).
-        warmup_epochs: linear warm-up length in epochs (the paper: 40 of 800/1600).
-        min_lr_ratio: the cosine schedule ends at ``lr * min_lr_ratio`` (official: 0).
+        optim: the optimizer and schedule (:class:`~research.tasks.optim.OptimizerSettings`); by
+            default App. A.1's: AdamW with betas (0.9, 0.95) (following Chen et al. 2020, iGPT) and
+            weight decay 0.05, lr 1.5e-4 per 256 images of effective batch (``reference_batch``
+            256; ``reference_batch: null`` takes ``lr`` as it is), 40 warm-up epochs (of 800/1600)
+            and cosine decay to 0.
     """
 
-    #: metric and mode that ModelCheckpoint uses to keep the best checkpoint.
-    checkpoint_monitor = ("val/loss", "min")
+    default_optim = OptimizerSettings(name="adamw", lr=1.5e-4, reference_batch=256, weight_decay=0.05,
+                                      betas=(0.9, 0.95), schedule="cosine", warmup_epochs=40.0)
 
     def __init__(
         self,
@@ -99,37 +95,16 @@ class MAEPretraining(L.LightningModule):
         norm_pix_loss: bool = False,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
-        base_lr: float = 1.5e-4,
-        lr: float | None = None,
-        weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_epochs: float = 40.0,
-        min_lr_ratio: float = 0.0,
+        optim: OptimizerSettings = default_optim,
     ) -> None:
-        super().__init__()
+        super().__init__(optim)
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
         self.model = build_model(model)
-        if not all(hasattr(self.model, a) for a in ("patchify", "unpatchify", "num_patches")):
-            raise ValueError(
-                f"MAEPretraining needs a masked autoencoder (e.g. mae_vit_base_patch16), "
-                f"got {type(self.model).__name__}; a classifier is trained with ImageClassification"
-            )
+        require(self.model, MaskedAutoencoder, "MAEPretraining needs a masked autoencoder (e.g. mae_vit_base_patch16; "
+                "a classifier is trained with ImageClassification)")
         if mask_ratio is not None:
             num_visible(self.model.num_patches, mask_ratio)  # a bad ratio stops before training
-        if (mean is None) != (std is None):
-            raise ValueError("give both mean and std, or neither (then the datamodule's are used)")
-        self._set_normalization(mean, std)
-        self.lr: float | None = None  # the learning rate in use, set by configure_optimizers
-
-    def _set_normalization(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
-        empty = torch.zeros(0)
-        for name, value in (("mean", mean), ("std", std)):
-            stats = torch.tensor(value, dtype=torch.float32).view(-1, 1, 1) if value else empty
-            self.register_buffer(name, stats, persistent=False)
-
-    def normalize(self, x: Tensor) -> Tensor:
-        """Map [0, 1] images to the model's input scale: (x - mean) / std, per channel."""
-        return (x - self.mean) / self.std if self.mean.numel() else x
+        self.init_normalization(mean, std)
 
     def forward(self, x: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Predict the masked patches of images in [0, 1].
@@ -168,42 +143,13 @@ class MAEPretraining(L.LightningModule):
         if self.hparams.norm_pix_loss:
             patches = self.model.patchify(self.normalize(x))
             pred = pred * (patches.var(dim=-1, keepdim=True) + 1e-6).sqrt() + patches.mean(dim=-1, keepdim=True)
-        pred = self.model.unpatchify(pred)
-        if self.mean.numel():
-            pred = pred * self.std + self.mean
+        pred = self.denormalize(self.model.unpatchify(pred))
         p = self.model.patch_size
         mask = self.model.unpatchify(mask[..., None].expand(-1, -1, p * p))  # (B, 1, H, W)
         return Reconstruction(pred.clamp(0, 1), mask)
 
-    def setup(self, stage: str) -> None:
-        """Adopt the datamodule's mean/std and check the model takes its images, before any step runs."""
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is None:
-            return
-        if not self.mean.numel() and getattr(dm, "mean", None) is not None:
-            self.hparams["mean"], self.hparams["std"] = tuple(dm.mean), tuple(dm.std)  # saved in checkpoints
-            self._set_normalization(dm.mean, dm.std)
-        in_chans, img_size = getattr(dm, "in_chans", None), getattr(dm, "img_size", None)
-        if in_chans is not None and img_size is not None:
-            self._check_input(in_chans, img_size)
-
-    @torch.no_grad()
-    def _check_input(self, in_chans: int, img_size: int | tuple[int, int]) -> None:
-        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
-        if self.mean.numel() and self.mean.numel() != in_chans:
-            raise ValueError(f"mean/std have {self.mean.numel()} channels but the images have {in_chans}")
-        try:
-            self.model(torch.zeros(1, in_chans, h, w, device=self.device), self.hparams.mask_ratio)
-        except (ValueError, RuntimeError) as err:
-            raise ValueError(
-                f"the model cannot take this data's images (shape (B, {in_chans}, {h}, {w})): {err}\n"
-                "Build the model for these images (in_chans/img_size in its config) or convert the images "
-                "(data in_chans/img_size)."
-            ) from err
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """A checkpoint of another model stops here with a readable message, before torch's strict load."""
-        check_checkpoint(self, checkpoint)
+    def dry_run(self, image: Tensor) -> None:
+        self.model(self.normalize(image), self.hparams.mask_ratio)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x = batch[0]
@@ -224,34 +170,3 @@ class MAEPretraining(L.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, batch_idx, "test")
-
-    def effective_batch_size(self) -> int:
-        """Images per optimizer step: batch x devices x gradient accumulation (App. A.1's "batch size")."""
-        if self.trainer.train_dataloader is None:  # configure_optimizers runs before the loop loads it
-            self.trainer.fit_loop.setup_data()
-        loader = self.trainer.train_dataloader
-        # a loader built on a batch sampler (research.data.loaders: seeded batches) has batch_size None
-        batch_size = getattr(loader, "batch_size", None) or getattr(getattr(loader, "batch_sampler", None),
-                                                                     "batch_size", None)
-        if batch_size is None:
-            raise ValueError(
-                "cannot tell the training batch size (the train loader has no batch_size); "
-                "set the learning rate directly with lr"
-            )
-        return batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        if hp.lr is not None:
-            self.lr = hp.lr
-        else:
-            batch = self.effective_batch_size()
-            self.lr = hp.base_lr * batch / 256  # linear scaling rule (Goyal et al. 2017), App. A.1
-            log.info("MAE learning rate %.3g = base_lr %.3g x %d / 256", self.lr, hp.base_lr, batch)
-        optimizer = build_optimizer(
-            self.model, "adamw", lr=self.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas)
-        )
-        scheduler = warmup_cosine_per_epoch(
-            self.trainer, optimizer, warmup_epochs=hp.warmup_epochs, min_lr_ratio=hp.min_lr_ratio
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -16,103 +16,52 @@ requested size), and the spec saved in checkpoints records it.
 from __future__ import annotations
 
 import lightning as L
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, Metric
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from research.data.mlm import IGNORE_INDEX
+from research.metrics import MostFrequentAccuracy
 from research.models import build_model
-from research.tasks.checks import (
-    check_checkpoint,
-    check_max_length,
-    check_vocabulary,
-    complete_spec,
-    datamodule_of,
-)
-from research.tasks.optim import build_optimizer, run_length, warmup_linear
-
-_MODEL_API = ("forward_features", "mlm_logits", "vocab_size", "max_positions")
+from research.models.protocols import MaskedLanguageModel, require
+from research.tasks.base import Task, spec_with
+from research.tasks.checks import check_max_length, check_vocabulary
+from research.tasks.optim import OptimizerSettings
 
 
-class MostFrequentTokenAccuracy(Metric):
-    """The unigram baseline: accuracy of always predicting the most frequent target token.
-
-    The most frequent token is the one among the evaluated targets themselves (an upper bound on
-    any context-free guess), so a masked-token accuracy above it shows the model uses context.
-
-    Args:
-        num_classes: vocabulary size.
-
-    """
-
-    full_state_update = False
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.add_state("counts", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, target: Tensor) -> None:
-        """Count target ids (any shape; :data:`IGNORE_INDEX` entries are skipped)."""
-        target = target[target != IGNORE_INDEX]
-        self.counts += torch.bincount(target.flatten(), minlength=self.num_classes)
-
-    def compute(self) -> Tensor:
-        return self.counts.max().float() / self.counts.sum().clamp(min=1)
-
-
-class MaskedLanguageModelling(L.LightningModule):
+class MaskedLanguageModelling(Task):
     """Pre-train a BERT-style encoder by predicting masked tokens (and, optionally, the next sentence).
 
     Batches come from :class:`~research.data.MaskedLanguageModellingDataModule`. Logged: ``train/loss`` (MLM,
     plus NSP when present), ``train/ppl``, ``train/acc`` per step; ``val/`` and ``test/`` ``loss``,
     ``ppl`` (exp of the per-token MLM loss), ``acc`` (masked-token accuracy: top-1 over the
-    selected positions) and ``unigram_acc`` (:class:`MostFrequentTokenAccuracy`) per epoch, and
+    selected positions) and ``unigram_acc`` (:class:`~research.metrics.MostFrequentAccuracy`) per epoch, and
     ``nsp_loss``, ``nsp_acc`` with next-sentence prediction.
 
     Args:
         model: a registered BERT as ``{"name": "bert_tiny"}`` (``vocab_size`` then comes from the
             datamodule) or ``{"name": "bert_tiny", "vocab_size": 8000}``, or an ``nn.Module`` with
             ``forward_features``, ``mlm_logits``, ``vocab_size`` and ``max_positions``.
-        lr: peak learning rate (BERT: 1e-4).
-        weight_decay: AdamW decoupled weight decay (0.01); biases and norms get none.
-        betas: AdamW betas (0.9, 0.999).
-        warmup_steps: linear warm-up length in optimizer steps (BERT: 10,000 of 1,000,000).
-        min_lr_ratio: the linear decay ends at ``lr * min_lr_ratio`` (BERT: 0).
+        optim: the optimizer and schedule (:class:`~research.tasks.optim.OptimizerSettings`); by
+            default BERT's (App. A.2): AdamW, lr 1e-4, betas (0.9, 0.999), weight decay 0.01
+            (biases and norms get none), linear warm-up over 10,000 steps (of 1,000,000), then
+            linear decay to 0.
 
     """
 
-    #: metric and mode that ModelCheckpoint uses to keep the best checkpoint.
-    checkpoint_monitor = ("val/loss", "min")
+    default_optim = OptimizerSettings(name="adamw", lr=1e-4, weight_decay=0.01, schedule="linear", warmup_steps=10_000)
 
-    def __init__(
-        self,
-        model: dict | str | nn.Module,
-        *,
-        lr: float = 1e-4,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_steps: int = 10_000,
-        min_lr_ratio: float = 0.0,
-    ) -> None:
-        super().__init__()
+    def __init__(self, model: dict | str | nn.Module, *, optim: OptimizerSettings = default_optim) -> None:
+        super().__init__(optim)
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
-        if warmup_steps < 0 or not 0 <= min_lr_ratio <= 1:
-            raise ValueError(f"need warmup_steps >= 0 and 0 <= min_lr_ratio <= 1, got {warmup_steps}, {min_lr_ratio}")
         self.model: nn.Module | None = None
         if isinstance(model, nn.Module) or (isinstance(model, dict) and "vocab_size" in model):
             self._build(model)
 
     def _build(self, spec: nn.Module | dict | str) -> None:
         model = build_model(spec)
-        missing = [a for a in _MODEL_API if not hasattr(model, a)]
-        if missing:
-            raise ValueError(
-                f"MaskedLanguageModelling needs a BERT-style model (e.g. bert_tiny); {type(model).__name__} "
-                f"lacks {missing}"
-            )
+        require(model, MaskedLanguageModel, "MaskedLanguageModelling needs a BERT-style model (e.g. bert_tiny)")
         self.model = model
         vocab = model.vocab_size
         self.nsp = getattr(model, "next_sentence", None) is not None
@@ -122,7 +71,7 @@ class MaskedLanguageModelling(L.LightningModule):
                 "loss": MeanMetric(),
                 # the task feeds only selected positions; ignore_index guards any -100 that slips in
                 "acc": MulticlassAccuracy(vocab, average="micro", ignore_index=IGNORE_INDEX),
-                "unigram_acc": MostFrequentTokenAccuracy(vocab),
+                "unigram_acc": MostFrequentAccuracy(vocab, ignore_index=IGNORE_INDEX),
             }
             if self.nsp:
                 stage |= {"nsp_loss": MeanMetric(), "nsp_acc": MeanMetric()}
@@ -130,16 +79,15 @@ class MaskedLanguageModelling(L.LightningModule):
 
         self.eval_metrics = nn.ModuleDict({"val": metrics(), "test": metrics()})
 
-    def configure_model(self) -> None:
+    def fit_to_data(self, dm: L.LightningDataModule | None) -> None:
         """Build the model now if its vocabulary size had to come from the datamodule; check it against the data."""
-        dm = datamodule_of(self)
         if self.model is None:
             if dm is None or not hasattr(dm, "vocab_size"):
                 raise ValueError(
                     "the model spec has no vocab_size and there is no text datamodule to take it from; "
                     "add vocab_size to the model spec"
                 )
-            spec = complete_spec(self.hparams.model, {"vocab_size": dm.vocab_size})
+            spec = spec_with(self.hparams.model, {"vocab_size": dm.vocab_size})
             self.hparams["model"] = spec  # checkpoints record the size, so they load without the data
             self._build(spec)
         if dm is not None:
@@ -160,7 +108,7 @@ class MaskedLanguageModelling(L.LightningModule):
         embedding = next((v for k, v in state.items() if k.endswith("embeddings.word_embeddings.weight")), None)
         if embedding is not None and self.model is not None:
             check_vocabulary(embedding.shape[0], self.model.vocab_size, trained=True)
-        check_checkpoint(self, checkpoint)
+        super().on_load_checkpoint(checkpoint)
 
     def forward(
         self, input_ids: Tensor, token_type_ids: Tensor | None = None, padding_mask: Tensor | None = None
@@ -252,11 +200,3 @@ class MaskedLanguageModelling(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        optimizer = build_optimizer(self.model, "adamw", lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
-        steps = run_length(self.trainer, "linear")
-        scheduler = warmup_linear(optimizer, warmup_steps=hp.warmup_steps, total_steps=steps,
-                                  min_lr_ratio=hp.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

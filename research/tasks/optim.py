@@ -1,10 +1,19 @@
-"""Optimizers and learning-rate schedules shared by every task."""
+"""Optimizers and learning-rate schedules shared by every task, and the settings group that selects them.
+
+A task's optimizer and schedule are one typed group, :class:`OptimizerSettings`, that a config sets
+in one place (``model.init_args.optim: {lr: 0.1, schedule: cosine}``; on the command line
+``--model.init_args.optim.lr 0.1``); :func:`configure_optimization` turns it into what Lightning's
+``configure_optimizers`` returns.
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import math
-from typing import TYPE_CHECKING, Literal
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from timm.optim import param_groups_layer_decay
@@ -14,6 +23,85 @@ if TYPE_CHECKING:
     from lightning import Trainer
 
 OptimizerName = Literal["adamw", "sgd"]
+Schedule = Literal["constant", "cosine", "linear", "cyclic", "inverse_sqrt"]
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """How a task optimises: the optimizer, its learning rate and the schedule, as one group.
+
+    Each task has its own defaults (its paper's recipe, e.g. ``MAEPretraining.default_optim``); a
+    config or a mapping sets only the fields it changes. Values are checked once, here.
+
+    Attributes:
+        name: "adamw" (decoupled weight decay, Loshchilov & Hutter 2019; with ``weight_decay`` 0 it
+            is Adam) or "sgd". Biases, norm weights and position embeddings/tokens get no decay.
+        lr: peak learning rate. With ``reference_batch`` it is the rate for that many images per
+            step; with the "inverse_sqrt" schedule it is the paper's scale (1 in Vaswani et al.).
+        weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
+        betas: AdamW's betas.
+        eps: AdamW's epsilon.
+        momentum: SGD's momentum.
+        nesterov: SGD's Nesterov momentum.
+        layer_decay: layer-wise lr decay for fine-tuning a ViT or Swin (:func:`layer_decay_groups`;
+            MAE: 0.65-0.75); None trains every layer at ``lr``.
+        reference_batch: the batch ``lr`` is given for: the lr in use is ``lr x effective batch /
+            reference_batch``, effective batch = batch x devices x gradient accumulation (the
+            linear scaling rule, Goyal et al. 2017; MAE App. A.1: 256). None uses ``lr`` as it is.
+        schedule: per optimizer step, "constant"; "cosine" (linear warm-up, then cosine decay to
+            ``lr * min_lr_ratio``, :func:`warmup_cosine`); "linear" (warm-up, then linear decay,
+            BERT's, :func:`warmup_linear`); "cyclic" (a linear rise to ``lr`` at ``cycle_peak`` of
+            the run and a linear fall, Wong et al. 2020, :func:`one_cycle_linear`); "inverse_sqrt"
+            (the Transformer's, :func:`inverse_sqrt`).
+        warmup_epochs: warm-up length in (fractional) epochs.
+        warmup_steps: warm-up length in optimizer steps (give this or ``warmup_epochs``).
+        min_lr_ratio: where the cosine, linear and cyclic schedules end, as a fraction of ``lr``.
+        cycle_peak: where the cyclic schedule peaks, as a fraction of the run (Wong et al.: 0.4).
+
+    Raises:
+        ValueError: a value outside its range or choices, or warm-up given twice or to the cyclic schedule.
+    """
+
+    name: OptimizerName = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    momentum: float = 0.9
+    nesterov: bool = False
+    layer_decay: float | None = None
+    reference_batch: int | None = None
+    schedule: Schedule = "constant"
+    warmup_epochs: float = 0.0
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    cycle_peak: float = 0.4
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(OptimizerSettings)
+        for field in fields(self):  # the command line's types check these too; Python callers meet them here
+            choices = typing.get_args(hints[field.name]) if typing.get_origin(hints[field.name]) is Literal else ()
+            if choices and getattr(self, field.name) not in choices:
+                raise ValueError(f"unknown {field.name} {getattr(self, field.name)!r}; choose one of {choices}")
+        if min(self.lr, self.weight_decay, self.warmup_epochs, self.warmup_steps) < 0:
+            raise ValueError(f"need lr, weight_decay, warmup_epochs and warmup_steps >= 0, got {self}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        if self.schedule == "cyclic" and (self.warmup_epochs or self.warmup_steps):
+            raise ValueError("schedule 'cyclic' rises until cycle_peak (a fraction of the run); warmup_epochs and "
+                             "warmup_steps are the other schedules': remove them")
+        if self.warmup_epochs and self.warmup_steps:
+            raise ValueError("give the warm-up in warmup_epochs or in warmup_steps, not both")
+
+    def updated(self, changes: OptimizerSettings | Mapping[str, Any]) -> OptimizerSettings:
+        """These settings with ``changes`` applied: settings replace them whole, a mapping changes its fields."""
+        if isinstance(changes, OptimizerSettings):
+            return changes
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            names = [f.name for f in fields(self)]
+            raise ValueError(f"unknown optimizer settings {sorted(unknown)}; the group has {names}")
+        return replace(self, **{k: tuple(v) if k == "betas" else v for k, v in changes.items()})
 
 
 # Parameters that are positions or tokens: no weight decay, whatever their shape. Swin's relative
@@ -70,6 +158,7 @@ def build_optimizer(
     weight_decay: float,
     momentum: float = 0.9,
     betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
     nesterov: bool = False,
     layer_decay: float | None = None,
 ) -> torch.optim.Optimizer:
@@ -82,7 +171,7 @@ def build_optimizer(
     else:
         groups = layer_decay_groups(module, weight_decay, lr=lr, layer_decay=layer_decay)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
     raise ValueError(f"unknown optimizer {name!r}; choose 'adamw' or 'sgd'")
@@ -115,15 +204,6 @@ def run_length(trainer: Trainer, schedule: str) -> int:
     if total == float("inf"):
         raise ValueError(f"the {schedule} schedule needs a run length: set trainer.max_epochs or trainer.max_steps")
     return int(total)
-
-
-def warmup_cosine_per_epoch(
-    trainer: Trainer, optimizer: torch.optim.Optimizer, *, warmup_epochs: float, min_lr_ratio: float
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """:func:`warmup_cosine` over the trainer's whole run, with the warm-up given in (fractional) epochs."""
-    total = run_length(trainer, "cosine")
-    warmup_steps = round(warmup_epochs * _steps_per_epoch(trainer))
-    return warmup_cosine(optimizer, warmup_steps=warmup_steps, total_steps=total, min_lr_ratio=min_lr_ratio)
 
 
 def _steps_per_epoch(trainer: Trainer) -> int:
@@ -243,3 +323,74 @@ def inverse_sqrt(
         return scale * d_model**-0.5 * min(step**-0.5, step * warmup_steps**-1.5)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def effective_batch_size(trainer: Trainer) -> int:
+    """Examples per optimizer step: batch x devices x gradient accumulation (MAE App. A.1's "batch size")."""
+    if trainer.train_dataloader is None:  # configure_optimizers runs before the loop loads it
+        trainer.fit_loop.setup_data()
+    loader = trainer.train_dataloader
+    # a loader built on a batch sampler (research.data.loaders: seeded batches) has batch_size None
+    batch_size = getattr(loader, "batch_size", None) or getattr(getattr(loader, "batch_sampler", None),
+                                                                 "batch_size", None)
+    if batch_size is None:
+        raise ValueError("cannot tell the training batch size (the train loader has no batch_size); "
+                         "set optim.reference_batch: null and give the learning rate itself in optim.lr")
+    return batch_size * trainer.world_size * trainer.accumulate_grad_batches
+
+
+def learning_rate(settings: OptimizerSettings, trainer: Trainer | None) -> float:
+    """The peak learning rate in use: ``settings.lr``, scaled to the effective batch when ``reference_batch`` is set."""
+    if settings.reference_batch is None:
+        return settings.lr
+    return settings.lr * effective_batch_size(_needs(trainer, "reference_batch")) / settings.reference_batch
+
+
+def configure_optimization(
+    module: nn.Module,
+    settings: OptimizerSettings,
+    trainer: Trainer | None,
+    *,
+    lr: float,
+    d_model: int | None = None,
+) -> torch.optim.Optimizer | dict:
+    """The optimizer over ``module`` and its per-step schedule, as Lightning's ``configure_optimizers`` returns them.
+
+    Args:
+        module: whose trainable parameters are optimised.
+        settings: the optimizer and schedule.
+        trainer: the run; the schedules over the run ("cosine", "linear", "cyclic") and a warm-up
+            in epochs read its length from it.
+        lr: the peak learning rate in use (:func:`learning_rate`).
+        d_model: the model width of the "inverse_sqrt" schedule.
+
+    Returns:
+        The optimizer alone for the "constant" schedule, else ``{"optimizer", "lr_scheduler"}``
+        with the scheduler stepped every optimizer step.
+    """
+    s = settings
+    optimizer = build_optimizer(module, s.name, lr=lr, weight_decay=s.weight_decay, momentum=s.momentum,
+                                betas=tuple(s.betas), eps=s.eps, nesterov=s.nesterov, layer_decay=s.layer_decay)
+    if s.schedule == "constant":
+        return optimizer
+    if s.schedule == "inverse_sqrt":
+        if d_model is None:
+            raise ValueError("the inverse_sqrt schedule needs the model's width d_model; the model has no 'dim' "
+                             "attribute: set model_dim in the task's config")
+        scheduler = inverse_sqrt(optimizer, d_model=d_model, warmup_steps=s.warmup_steps)
+    elif s.schedule == "cyclic":
+        scheduler = one_cycle_over_run(_needs(trainer, "cyclic"), optimizer, peak=s.cycle_peak,
+                                       min_lr_ratio=s.min_lr_ratio)
+    else:
+        trainer = _needs(trainer, s.schedule)
+        total = run_length(trainer, s.schedule)
+        warmup = round(s.warmup_epochs * _steps_per_epoch(trainer)) if s.warmup_epochs else s.warmup_steps
+        decay = warmup_cosine if s.schedule == "cosine" else warmup_linear
+        scheduler = decay(optimizer, warmup_steps=warmup, total_steps=total, min_lr_ratio=s.min_lr_ratio)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _needs(trainer: Trainer | None, what: str) -> Trainer:
+    if trainer is None:
+        raise ValueError(f"the {what} setting needs the run's length: fit the task with a Trainer")
+    return trainer

@@ -18,16 +18,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from research.metrics import MostFrequentAccuracy
 from research.models import build_model
-from research.tasks.checks import check_checkpoint, complete_spec, datamodule_of
-from research.tasks.mlm import MostFrequentTokenAccuracy
-from research.tasks.optim import build_optimizer, run_length, warmup_cosine
+from research.models.protocols import SequenceClassifier, require
+from research.tasks.base import Task, spec_with
+from research.tasks.optim import OptimizerSettings
 
 # what the task reads from the data and passes to the model spec when the spec lacks it
 _FROM_DATA = ("vocab_size", "num_classes", "pad_id")
 
 
-class SequenceClassification(L.LightningModule):
+class SequenceClassification(Task):
     """Train a classifier on padded token sequences with cross-entropy.
 
     Batches are dicts with ``tokens`` (B, L), ``lengths`` (B,) and ``labels`` (B,)
@@ -39,50 +40,24 @@ class SequenceClassification(L.LightningModule):
         model: a registered classifier as ``{"name": "gru_classifier", "hidden_size": 128, ...}``
             (``vocab_size``, ``num_classes`` and ``pad_id`` then come from the datamodule unless
             given), or an ``nn.Module`` with ``vocab_size`` and ``num_classes`` attributes.
-        lr: AdamW's (peak) learning rate.
-        weight_decay: AdamW's decoupled weight decay; biases get none.
-        betas: AdamW's betas.
-        schedule: "constant", or "cosine" (per step, after a linear warm-up, to ``lr * min_lr_ratio``).
-        warmup_steps: linear warm-up length in optimizer steps (cosine schedule only).
-        min_lr_ratio: where the cosine schedule ends.
+        optim: the optimizer and schedule (:class:`~research.tasks.optim.OptimizerSettings`); by
+            default AdamW, lr 1e-3, weight decay 0.01 (biases get none), constant.
 
     """
 
-    #: metric and mode that ModelCheckpoint uses to keep the best checkpoint.
+    default_optim = OptimizerSettings(name="adamw", lr=1e-3, weight_decay=0.01, schedule="constant")
     checkpoint_monitor = ("val/acc", "max")
 
-    def __init__(
-        self,
-        model: dict | str | nn.Module,
-        *,
-        lr: float = 1e-3,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.999),
-        schedule: str = "constant",
-        warmup_steps: int = 0,
-        min_lr_ratio: float = 0.0,
-    ) -> None:
-        super().__init__()
+    def __init__(self, model: dict | str | nn.Module, *, optim: OptimizerSettings = default_optim) -> None:
+        super().__init__(optim)
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
-        if schedule not in ("constant", "cosine"):
-            raise ValueError(f"unknown schedule {schedule!r}; choose 'constant' or 'cosine'")
-        if lr <= 0 or weight_decay < 0 or warmup_steps < 0 or not 0 <= min_lr_ratio <= 1:
-            raise ValueError(
-                f"need lr > 0, weight_decay >= 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1, got {lr}, "
-                f"{weight_decay}, {warmup_steps}, {min_lr_ratio}"
-            )
         self.model: nn.Module | None = None
         if isinstance(model, nn.Module) or (isinstance(model, dict) and {"vocab_size", "num_classes"} <= set(model)):
             self._build(model)
 
     def _build(self, spec: nn.Module | dict | str) -> None:
         model = build_model(spec)
-        missing = [a for a in ("vocab_size", "num_classes") if not hasattr(model, a)]
-        if missing:
-            raise ValueError(
-                f"SequenceClassification needs a sequence classifier (e.g. gru_classifier); "
-                f"{type(model).__name__} lacks {missing}"
-            )
+        require(model, SequenceClassifier, "SequenceClassification needs a sequence classifier (e.g. gru_classifier)")
         self.model = model
         classes = model.num_classes
 
@@ -91,18 +66,17 @@ class SequenceClassification(L.LightningModule):
             return nn.ModuleDict(
                 {
                     "acc": MulticlassAccuracy(classes, average="micro"),
-                    "majority_acc": MostFrequentTokenAccuracy(classes),
+                    "majority_acc": MostFrequentAccuracy(classes),
                 }
             )
 
         self.train_acc = MulticlassAccuracy(classes, average="micro")
         self.eval_metrics = nn.ModuleDict({"val": metrics(), "test": metrics()})
 
-    def configure_model(self) -> None:
+    def fit_to_data(self, dm: L.LightningDataModule | None) -> None:
         """Build the model now if its sizes had to come from the datamodule; check it against the data."""
-        dm = datamodule_of(self)
         if self.model is None:
-            spec = complete_spec(self.hparams.model, {})
+            spec = spec_with(self.hparams.model, {})
             absent = [key for key in _FROM_DATA if key not in spec]
             needed = [key for key in ("vocab_size", "num_classes") if key in absent and not hasattr(dm, key)]
             if needed:
@@ -128,10 +102,6 @@ class SequenceClassification(L.LightningModule):
                     f"the model has {key}={ours} but {type(dm).__name__} has {key}={theirs}; {advice}, or leave "
                     f"{key} out of the model spec to take the datamodule's"
                 )
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """A checkpoint of another model stops here with a readable message, before torch's strict load."""
-        check_checkpoint(self, checkpoint)
 
     def forward(self, tokens: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Class logits.
@@ -176,13 +146,3 @@ class SequenceClassification(L.LightningModule):
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Class probabilities (B, num_classes) for a batch with ``tokens`` (and ``lengths``; labels unused)."""
         return self(batch["tokens"], batch.get("lengths")).softmax(-1)
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        optimizer = build_optimizer(self.model, "adamw", lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
-        if hp.schedule == "constant":
-            return optimizer
-        steps = run_length(self.trainer, "cosine")
-        scheduler = warmup_cosine(optimizer, warmup_steps=hp.warmup_steps, total_steps=steps,
-                                  min_lr_ratio=hp.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -34,16 +34,11 @@ from torchmetrics.text import SacreBLEUScore
 
 from research.models import build_model
 from research.models.decoding import beam_search, greedy_decode
-from research.tasks.checks import (
-    check_checkpoint,
-    check_max_length,
-    check_vocabulary,
-    complete_spec,
-    datamodule_of,
-)
-from research.tasks.optim import inverse_sqrt, param_groups
+from research.models.protocols import Seq2SeqModel, require
+from research.tasks.base import Task, spec_with
+from research.tasks.checks import check_max_length, check_vocabulary
+from research.tasks.optim import OptimizerSettings
 
-_MODEL_API = ("encode", "decode", "select_memory", "reorder_cache", "vocab_size", "pad_id", "max_positions")
 Decoding = Literal["greedy", "beam"]
 
 
@@ -74,7 +69,7 @@ def label_smoothed_loss(logits: Tensor, targets: Tensor, *, pad_id: int, smoothi
     return (1 - smoothing) * nll - smoothing * log_probs.mean(-1).mean(), nll.detach()
 
 
-class Translation(L.LightningModule):
+class Translation(Task):
     """Train an encoder-decoder on sentence pairs; measure BLEU; log sample translations.
 
     Batches come from :class:`~research.data.TranslationDataModule`. Logged: ``train/loss``
@@ -87,13 +82,11 @@ class Translation(L.LightningModule):
             ``pad_id`` then come from the datamodule), a full spec, or an ``nn.Module`` with the
             seq2seq interface.
         label_smoothing: epsilon of the label-smoothed loss (paper: 0.1).
-        lr_scale: multiplies the schedule's learning rate (paper: 1, a peak of
-            (d_model * warmup_steps)^-0.5, 7e-4 for the base model).
-        warmup_steps: optimizer steps of linear warm-up (paper: 4,000).
-        model_dim: d_model of the schedule; None reads the model's ``dim``.
-        betas: Adam betas (paper: (0.9, 0.98)).
-        eps: Adam epsilon (paper: 1e-9).
-        weight_decay: decoupled weight decay on the weight matrices (paper: none).
+        optim: the optimizer and schedule (:class:`~research.tasks.optim.OptimizerSettings`); by
+            default the paper's: Adam (AdamW without weight decay) with betas (0.9, 0.98) and eps
+            1e-9, the inverse-square-root schedule with 4,000 warm-up steps and ``lr`` 1, its
+            scale (a peak of lr * (d_model * warmup_steps)^-0.5, 7e-4 for the base model).
+        model_dim: d_model of the inverse-square-root schedule; None reads the model's ``dim``.
         val_decoding: "greedy" or "beam" decoding for the validation BLEU.
         test_decoding: "greedy" or "beam" decoding for the test BLEU.
         val_bleu_samples: sentences decoded for the validation BLEU, spread evenly over the
@@ -107,7 +100,8 @@ class Translation(L.LightningModule):
 
     """
 
-    #: metric and mode that ModelCheckpoint uses to keep the best checkpoint.
+    default_optim = OptimizerSettings(name="adamw", lr=1.0, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0,
+                                      schedule="inverse_sqrt", warmup_steps=4000)
     checkpoint_monitor = ("val/bleu", "max")
 
     def __init__(
@@ -115,12 +109,8 @@ class Translation(L.LightningModule):
         model: dict | str | nn.Module,
         *,
         label_smoothing: float = 0.1,
-        lr_scale: float = 1.0,
-        warmup_steps: int = 4000,
+        optim: OptimizerSettings = default_optim,
         model_dim: int | None = None,
-        betas: tuple[float, float] = (0.9, 0.98),
-        eps: float = 1e-9,
-        weight_decay: float = 0.0,
         val_decoding: Decoding = "greedy",
         test_decoding: Decoding = "beam",
         val_bleu_samples: int | None = 500,
@@ -131,15 +121,10 @@ class Translation(L.LightningModule):
         bos_id: int | None = None,
         eos_id: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(optim)
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}; the paper uses 0.1")
-        if warmup_steps < 1 or lr_scale <= 0:
-            raise ValueError(f"need warmup_steps >= 1 and lr_scale > 0, got {warmup_steps}, {lr_scale}")
-        for name in ("val_decoding", "test_decoding"):
-            if self.hparams[name] not in ("greedy", "beam"):
-                raise ValueError(f"{name} must be 'greedy' or 'beam', got {self.hparams[name]!r}")
         for name in ("val_bleu_samples", "test_bleu_samples"):
             if self.hparams[name] is not None and self.hparams[name] < 1:
                 raise ValueError(f"{name} must be at least 1, or null to decode every sentence")
@@ -153,12 +138,7 @@ class Translation(L.LightningModule):
 
     def _build(self, spec: nn.Module | dict | str) -> None:
         model = build_model(spec)
-        missing = [a for a in _MODEL_API if not hasattr(model, a)]
-        if missing:
-            raise ValueError(
-                f"Translation needs a seq2seq model (e.g. transformer_small, gru_attention); "
-                f"{type(model).__name__} lacks {missing}"
-            )
+        require(model, Seq2SeqModel, "Translation needs a seq2seq model (e.g. transformer_small, gru_attention)")
         self.model = model
 
         def metrics() -> nn.ModuleDict:
@@ -166,16 +146,15 @@ class Translation(L.LightningModule):
 
         self.eval_metrics = nn.ModuleDict({"val": metrics(), "test": metrics()})
 
-    def configure_model(self) -> None:
+    def fit_to_data(self, dm: L.LightningDataModule | None) -> None:
         """Build the model now if its vocabulary had to come from the datamodule; check it against the data."""
-        dm = datamodule_of(self)
         if self.model is None:
             if dm is None or not hasattr(dm, "vocab_size"):
                 raise ValueError(
                     "the model spec has no vocab_size/pad_id and there is no translation datamodule to take "
                     "them from; add vocab_size and pad_id to the model spec"
                 )
-            spec = complete_spec(self.hparams.model, {"vocab_size": dm.vocab_size, "pad_id": dm.special_tokens.pad})
+            spec = spec_with(self.hparams.model, {"vocab_size": dm.vocab_size, "pad_id": dm.special_tokens.pad})
             self.hparams["model"] = spec  # checkpoints record the vocabulary, so they load without the data
             self._build(spec)
         if dm is not None and hasattr(dm, "special_tokens"):
@@ -200,7 +179,7 @@ class Translation(L.LightningModule):
         trained = spec.get("vocab_size") if isinstance(spec, dict) else None
         if trained is not None and self.model is not None:
             check_vocabulary(trained, self.model.vocab_size, trained=True)
-        check_checkpoint(self, checkpoint)
+        super().on_load_checkpoint(checkpoint)
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits.
@@ -288,7 +267,7 @@ class Translation(L.LightningModule):
             )
 
     def _tokenizer(self):
-        tokenizer = getattr(datamodule_of(self), "tokenizer", None)
+        tokenizer = getattr(self.datamodule, "tokenizer", None)
         if tokenizer is None:
             raise ValueError(
                 "BLEU needs the datamodule's tokenizer to detokenise translations; use a translation datamodule"
@@ -358,17 +337,5 @@ class Translation(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._end_eval("test")
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        dim = hp.model_dim or getattr(self.model, "dim", None)
-        if dim is None:
-            raise ValueError(
-                f"the inverse-square-root schedule needs d_model; {type(self.model).__name__} has no 'dim' "
-                "attribute: set model_dim in the task's config"
-            )
-        # lr=1: the schedule's factor is the learning rate itself (Eq. 3); AdamW with no decay is Adam.
-        optimizer = torch.optim.AdamW(
-            param_groups(self.model, hp.weight_decay), lr=1.0, betas=tuple(hp.betas), eps=hp.eps
-        )
-        scheduler = inverse_sqrt(optimizer, d_model=dim, warmup_steps=hp.warmup_steps, scale=hp.lr_scale)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def model_width(self) -> int | None:
+        return self.hparams.model_dim or super().model_width()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import lightning as L
 import torch
+from conftest import trainer as quiet_trainer
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -11,18 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from research.data import SyntheticDataModule
 from research.tasks import ImageClassification
 
-
-def trainer(**kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    return L.Trainer(**{**defaults, **kwargs})
+trainer = partial(quiet_trainer, num_sanity_val_steps=0)
 
 
 def tiny_cnn(in_chans: int = 1, num_classes: int = 4) -> nn.Module:
@@ -41,10 +33,7 @@ def tiny_task(in_chans: int = 1, num_classes: int = 4, lr: float = 0.05) -> Imag
     return ImageClassification(
         tiny_cnn(in_chans, num_classes),
         num_classes=num_classes,
-        optimizer="sgd",
-        lr=lr,
-        weight_decay=0.0,
-        schedule="constant",
+        optim={"name": "sgd", "lr": lr, "weight_decay": 0.0, "schedule": "constant"},
     )
 
 
@@ -74,8 +63,8 @@ class Brightness(nn.Module):
 
 def brightness_task(lr: float = 0.0) -> ImageClassification:
     return ImageClassification(
-        Brightness(), num_classes=2, mean=(0.0,), std=(1.0,), optimizer="sgd", lr=lr, weight_decay=0.0,
-        schedule="constant",
+        Brightness(), num_classes=2, mean=(0.0,), std=(1.0,),
+        optim={"name": "sgd", "lr": lr, "weight_decay": 0.0, "schedule": "constant"},
     )
 
 

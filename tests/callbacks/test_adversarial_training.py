@@ -145,8 +145,8 @@ class FlatAroundData(Brightness):
 
 def flat_task(model=None) -> ImageClassification:
     return ImageClassification(
-        model or FlatAroundData(), num_classes=2, mean=(0.0,), std=(1.0,), optimizer="sgd", lr=0.0,
-        weight_decay=0.0, schedule="constant",
+        model or FlatAroundData(), num_classes=2, mean=(0.0,), std=(1.0,),
+        optim={"name": "sgd", "lr": 0.0, "weight_decay": 0.0, "schedule": "constant"},
     )
 
 
@@ -183,8 +183,8 @@ def noisy_brightness(n: int = 128) -> TensorData:
 def test_fgsm_rs_gap_guard_leaves_a_pgd_trained_model_alone():
     L.seed_everything(0)
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(36, 32), nn.ReLU(), nn.Linear(32, 2))
-    task = ImageClassification(mlp, num_classes=2, mean=(0.0,), std=(1.0,), optimizer="sgd", lr=0.1,
-                               weight_decay=0.0, schedule="constant")
+    task = ImageClassification(mlp, num_classes=2, mean=(0.0,), std=(1.0,),
+                               optim={"name": "sgd", "lr": 0.1, "weight_decay": 0.0, "schedule": "constant"})
     data = noisy_brightness()
     trainer(callbacks=[AdversarialTraining(eps=0.15, steps=5)], max_epochs=10, limit_val_batches=0).fit(
         task, datamodule=data

@@ -28,7 +28,7 @@ def synthetic() -> SyntheticDataModule:
 
 
 def fit(callback, tmp_path, epochs=2, **kw):
-    task = MAEPretraining(MAE, warmup_epochs=0)
+    task = MAEPretraining(MAE, optim={"warmup_epochs": 0})
     defaults = dict(
         accelerator="cpu",
         logger=False,

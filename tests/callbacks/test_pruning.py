@@ -14,7 +14,7 @@ MODEL = {"name": "five_layer_cnn", "num_classes": 4, "img_size": 16, "hidden_dim
 
 def fit(callback: Pruning, epochs: int = 3) -> tuple[ImageClassification, L.Trainer]:
     L.seed_everything(0)
-    task = ImageClassification(MODEL, lr=3e-3, schedule="constant")
+    task = ImageClassification(MODEL, optim={"lr": 3e-3, "schedule": "constant"})
     trainer = L.Trainer(
         accelerator="cpu", max_epochs=epochs, limit_train_batches=2, limit_val_batches=1, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
@@ -82,7 +82,7 @@ def test_structured_removes_whole_channels_in_every_layer():
 def test_only_the_tasks_model_is_pruned():
     class WithTeacher(ImageClassification):
         def __init__(self):
-            super().__init__(MODEL, lr=1e-3)
+            super().__init__(MODEL, optim={"lr": 1e-3})
             self.teacher = nn.Linear(4, 4)
 
     task = WithTeacher()

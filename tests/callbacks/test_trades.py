@@ -97,7 +97,8 @@ class ForwardsACopy(ImageClassification):
 
 
 def tiny(task_class=ImageClassification):
-    return task_class(tiny_cnn(), num_classes=4, optimizer="sgd", lr=0.05, weight_decay=0.0, schedule="constant")
+    return task_class(tiny_cnn(), num_classes=4,
+                      optim={"name": "sgd", "lr": 0.05, "weight_decay": 0.0, "schedule": "constant"})
 
 
 @pytest.mark.parametrize("task_class", [ImageClassification, ForwardsACopy])

@@ -36,9 +36,10 @@ def _split_attack(config: dict) -> tuple[dict, dict]:
 def test_wong_recipes_differ_only_in_the_attack():
     (fast, fast_attack), (pgd7, pgd7_attack) = _split_attack(_config(wong.FAST)), _split_attack(_config(wong.PGD7))
     assert fast == pgd7  # data, model, optimiser, cyclic schedule, epochs, batch: like with like
+    # Wong et al.'s MNIST recipe: Adam, lr_max 5e-3, peak at 2/5
     assert fast["model"]["init_args"] | {"model": None} == {
-        "model": None, "optimizer": "adamw", "lr": 5e-3, "weight_decay": 0.0, "schedule": "cyclic",
-        "cycle_peak": 0.4, "mean": [0.0], "std": [1.0]}  # Wong et al.'s MNIST recipe: Adam, lr_max 5e-3, peak at 2/5
+        "model": None, "optim": {"name": "adamw", "lr": 5e-3, "weight_decay": 0.0, "schedule": "cyclic",
+                                 "cycle_peak": 0.4}, "mean": [0.0], "std": [1.0]}
     assert fast["data"]["init_args"]["batch_size"] == 100
     assert fast_attack["attack"] == "fgsm_rs" and fast_attack["step_size"] == pytest.approx(1.25 * fast_attack["eps"])
     assert pgd7_attack == {"attack": "pgd", "eps": 0.3, "steps": 7}

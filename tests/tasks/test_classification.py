@@ -1,6 +1,7 @@
 import lightning as L
 import pytest
 import torch
+from conftest import trainer
 from torch import nn
 
 from research.data import SyntheticDataModule
@@ -9,15 +10,6 @@ from research.tasks import ImageClassification
 TINY = {"name": "resnet20", "num_classes": 4, "in_chans": 3}
 
 
-def trainer(**kw) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    return L.Trainer(**{**defaults, **kw})
 
 
 def synthetic(**kw) -> SyntheticDataModule:
@@ -29,10 +21,10 @@ def synthetic(**kw) -> SyntheticDataModule:
 def test_overfits_one_batch():
     L.seed_everything(0)
     dm = synthetic()
-    task = ImageClassification(TINY, optimizer="adamw", lr=3e-3, weight_decay=0.0, schedule="constant")
+    task = ImageClassification(TINY, optim={"name": "adamw", "lr": 3e-3, "weight_decay": 0.0, "schedule": "constant"})
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
-    task.setup = lambda stage: None  # normalisation stays identity; the batch is fed by hand below
+    # without a Trainer the normalisation stays identity; the batch is fed by hand below
     first = nn.functional.cross_entropy(task(x), y).item()
     opt = task.configure_optimizers()
     task.train()
@@ -46,7 +38,7 @@ def test_overfits_one_batch():
 
 def test_fit_adopts_datamodule_stats_and_logs_metrics():
     dm = synthetic()
-    task = ImageClassification(TINY, lr=1e-3)
+    task = ImageClassification(TINY, optim={"lr": 1e-3})
     t = trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     t.fit(task, datamodule=dm)
     assert torch.allclose(task.mean.flatten(), torch.tensor(dm.mean))
@@ -99,7 +91,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="needs a 'name' key"):
         ImageClassification({"num_classes": 4})
     with pytest.raises(ValueError, match="unknown schedule"):
-        ImageClassification(TINY, schedule="step")
+        ImageClassification(TINY, optim={"schedule": "step"})
     with pytest.raises(ValueError, match="both mean and std"):
         ImageClassification(TINY, mean=(0.5,))
 
@@ -118,17 +110,17 @@ def test_pretrained_weights_initialise_the_model(tmp_path):
 
 def test_fine_tuning_with_layer_decay_trains_the_head_fastest():
     vit = {"name": "vit_tiny_patch4_32", "img_size": 16, "depth": 2, "embed_dim": 16, "num_heads": 2, "num_classes": 4}
-    task = ImageClassification(vit, lr=0.01, layer_decay=0.5)
+    task = ImageClassification(vit, optim={"lr": 0.01, "layer_decay": 0.5})
     t = trainer(max_steps=2, limit_val_batches=1)
     t.fit(task, datamodule=synthetic())
     lrs = sorted({g["initial_lr"] for g in t.optimizers[0].param_groups})
     assert lrs == pytest.approx([0.01 * 0.5**k for k in (3, 2, 1, 0)])  # embedding, 2 blocks, head
     with pytest.raises(ValueError, match="a linear probe freezes"):
-        ImageClassification(vit, linear_probe=True, layer_decay=0.75)
+        ImageClassification(vit, linear_probe=True, optim={"layer_decay": 0.75})
 
 
 def test_linear_probe_trains_only_a_batchnorm_linear_head_on_a_frozen_model():
-    task = ImageClassification(TINY, linear_probe=True, optimizer="sgd", lr=0.1, weight_decay=0.0)
+    task = ImageClassification(TINY, linear_probe=True, optim={"name": "sgd", "lr": 0.1, "weight_decay": 0.0})
     norm, head = task.probe
     assert isinstance(norm, nn.BatchNorm1d) and not norm.affine and head.in_features == task.model.num_features
     frozen = {k: v.clone() for k, v in task.model.state_dict().items()}  # BatchNorm statistics included

@@ -4,6 +4,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import trainer
 
 from research.data import SyntheticDataModule
 from research.models import create_model
@@ -14,12 +15,6 @@ STUDENT = {"name": "five_layer_cnn", "num_classes": 4, "img_size": 16, "hidden_d
 TEACHER = {"name": "five_layer_cnn", "num_classes": 4, "img_size": 16, "hidden_dim": 32}
 
 
-def trainer(**kw) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    return L.Trainer(**{**defaults, **kw})
 
 
 def synthetic() -> SyntheticDataModule:
@@ -71,7 +66,8 @@ def test_fit_trains_the_student_only_and_checkpoints_rebuild_without_the_teacher
     L.seed_everything(0)
     save_teacher(tmp_path / "teacher.ckpt")
     task = Distillation(
-        STUDENT, teacher=TEACHER, teacher_checkpoint=str(tmp_path / "teacher.ckpt"), lr=1e-2, schedule="constant"
+        STUDENT, teacher=TEACHER, teacher_checkpoint=str(tmp_path / "teacher.ckpt"),
+        optim={"lr": 1e-2, "schedule": "constant"},
     )
     teacher_before = {k: v.clone() for k, v in task.teacher.state_dict().items()}
     student_before = {k: v.clone() for k, v in task.model.state_dict().items()}

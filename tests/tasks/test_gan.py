@@ -1,9 +1,10 @@
 import copy
 import logging
+from functools import partial
 
-import lightning as L
 import pytest
 import torch
+from conftest import trainer as quiet_trainer
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -30,10 +31,7 @@ def loader(x):
     return DataLoader(TensorDataset(x, torch.zeros(len(x), dtype=torch.long)), batch_size=BATCH)
 
 
-def trainer(**kw):
-    options = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, num_sanity_val_steps=0)
-    return L.Trainer(**{**options, **kw})
+trainer = partial(quiet_trainer, num_sanity_val_steps=0)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 import lightning as L
 import pytest
 import torch
+from conftest import trainer
 
 from research.data import SyntheticDataModule
 from research.models import create_model
@@ -24,15 +25,6 @@ TINY = dict(
 SQUARE = {**TINY, "img_size": 16, "in_chans": 3}
 
 
-def trainer(**kw) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    return L.Trainer(**{**defaults, **kw})
 
 
 def synthetic(**kw) -> SyntheticDataModule:
@@ -102,7 +94,7 @@ def test_overfits_one_batch():
 
 
 def test_fit_logs_losses_and_scales_the_learning_rate_with_the_effective_batch():
-    task = MAEPretraining({**SQUARE, "name": "mae_vit_tiny_patch4_32"}, warmup_epochs=0)
+    task = MAEPretraining({**SQUARE, "name": "mae_vit_tiny_patch4_32"}, optim={"warmup_epochs": 0})
     t = trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=2, accumulate_grad_batches=2)
     t.fit(task, datamodule=synthetic())
     assert task.lr == pytest.approx(1.5e-4 * 8 * 2 / 256)  # base_lr x batch x accumulation / 256
@@ -117,7 +109,8 @@ def test_fit_logs_losses_and_scales_the_learning_rate_with_the_effective_batch()
 
 
 def test_an_explicit_lr_wins_and_validation_masks_are_fixed():
-    task = MAEPretraining({**SQUARE, "name": "mae_vit_tiny_patch4_32"}, lr=1e-3, warmup_epochs=0)
+    task = MAEPretraining({**SQUARE, "name": "mae_vit_tiny_patch4_32"},
+                          optim={"lr": 1e-3, "reference_batch": None, "warmup_epochs": 0})
     t = trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=2)
     t.fit(task, datamodule=synthetic())
     assert task.lr == 1e-3
@@ -139,7 +132,7 @@ def test_bad_input_stops_before_training():
 
 
 def pretrain_checkpoint(tmp_path):
-    task = MAEPretraining({**SQUARE, "name": "mae_vit_tiny_patch4_32"}, warmup_epochs=0)
+    task = MAEPretraining({**SQUARE, "name": "mae_vit_tiny_patch4_32"}, optim={"warmup_epochs": 0})
     t = trainer(max_steps=2, limit_val_batches=0)
     t.fit(task, datamodule=synthetic())
     t.save_checkpoint(tmp_path / "mae.ckpt")
@@ -168,7 +161,7 @@ def test_fine_tune_and_linear_probe_from_an_mae_checkpoint(tmp_path):
     bigger = ImageClassification({**VIT, "img_size": 24}, pretrained=str(ckpt))
     assert bigger.model.pos_embed.shape == (1, 37, 16)
 
-    probe = ImageClassification(VIT, pretrained=str(ckpt), linear_probe=True, lr=0.1, optimizer="sgd")
+    probe = ImageClassification(VIT, pretrained=str(ckpt), linear_probe=True, optim={"lr": 0.1, "name": "sgd"})
     before = {k: v.clone() for k, v in probe.model.state_dict().items()}
     t = trainer(max_steps=3, limit_val_batches=1)
     t.fit(probe, datamodule=synthetic())

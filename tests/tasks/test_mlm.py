@@ -1,13 +1,14 @@
 import math
+from functools import partial
 
-import lightning as L
 import pytest
 import torch
+from conftest import trainer as quiet_trainer
 
 from research.data import MaskedLanguageModellingDataModule
 from research.data.text import EMBEDDED_BIBLE, read_tsv
+from research.metrics import MostFrequentAccuracy
 from research.tasks import MaskedLanguageModelling
-from research.tasks.mlm import MostFrequentTokenAccuracy
 from research.tasks.optim import warmup_linear
 
 
@@ -23,20 +24,7 @@ def datamodule(corpus, tmp_path, **kw):
     return MaskedLanguageModellingDataModule(**(args | kw))
 
 
-def trainer(tmp_path, **kw):
-    args = dict(
-        max_epochs=1,
-        limit_train_batches=4,
-        limit_val_batches=2,
-        limit_test_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        default_root_dir=str(tmp_path),
-    )
-    return L.Trainer(**(args | kw))
+trainer = partial(quiet_trainer, max_epochs=1, limit_train_batches=4, limit_val_batches=2, limit_test_batches=2)
 
 
 def test_warmup_then_linear_decay():
@@ -53,7 +41,7 @@ def test_warmup_then_linear_decay():
 
 
 def test_unigram_baseline_is_the_most_frequent_targets_share():
-    metric = MostFrequentTokenAccuracy(10)
+    metric = MostFrequentAccuracy(10, ignore_index=-100)
     metric.update(torch.tensor([3, 3, 5, -100]))
     metric.update(torch.tensor([[3, 7], [-100, 3]]))
     assert metric.compute() == pytest.approx(4 / 6)
@@ -80,7 +68,7 @@ def test_overfits_one_batch(corpus, tmp_path):
 
 def test_fit_takes_the_vocabulary_from_the_tokenizer_and_logs_mlm_metrics(corpus, tmp_path):
     dm = datamodule(corpus, tmp_path)
-    task = MaskedLanguageModelling({"name": "bert_tiny"}, lr=1e-3, warmup_steps=2)
+    task = MaskedLanguageModelling({"name": "bert_tiny"}, optim={"lr": 1e-3, "warmup_steps": 2})
     assert task.model is None  # built when the Trainer starts, with the tokenizer's vocabulary
     fit = trainer(tmp_path)
     fit.fit(task, datamodule=dm)
@@ -101,7 +89,7 @@ def test_next_sentence_prediction(corpus, tmp_path):
     dm = datamodule(corpus, tmp_path, sentence_pairs=True, next_sentence_prediction=True)
     with pytest.raises(ValueError, match="add next_sentence_head: true"):
         trainer(tmp_path).fit(MaskedLanguageModelling({"name": "bert_tiny"}), datamodule=dm)
-    task = MaskedLanguageModelling({"name": "bert_tiny", "next_sentence_head": True}, warmup_steps=2)
+    task = MaskedLanguageModelling({"name": "bert_tiny", "next_sentence_head": True}, optim={"warmup_steps": 2})
     fit = trainer(tmp_path)
     fit.fit(task, datamodule=dm)
     assert {"train/nsp_loss", "val/nsp_loss", "val/nsp_acc"} <= set(fit.callback_metrics)
@@ -109,7 +97,8 @@ def test_next_sentence_prediction(corpus, tmp_path):
 
 def test_checkpoint_of_another_vocabulary_is_a_clear_error(corpus, tmp_path):
     fit = trainer(tmp_path)
-    fit.fit(MaskedLanguageModelling({"name": "bert_tiny"}, warmup_steps=2), datamodule=datamodule(corpus, tmp_path))
+    fit.fit(MaskedLanguageModelling({"name": "bert_tiny"}, optim={"warmup_steps": 2}),
+            datamodule=datamodule(corpus, tmp_path))
     fit.save_checkpoint(tmp_path / "mlm.ckpt")
     other = datamodule(corpus, tmp_path, vocab_size=450)
     with pytest.raises(ValueError, match=r"trained with a vocabulary of \d+ tokens but this run's model and tokenizer"):

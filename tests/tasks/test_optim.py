@@ -183,8 +183,8 @@ def test_cyclic_schedule_of_the_classification_task_steps_as_wong_et_al():
     L.seed_everything(0)
     epochs, record = 5, RecordLR()
     task = ImageClassification({"name": "madry_mnist_cnn", "num_classes": 4, "in_chans": 1, "img_size": 8},
-                               optimizer="adamw", lr=5e-3, weight_decay=0.0, schedule="cyclic",
-                               cycle_peak=(epochs * 2 // 5) / epochs, mean=[0.0], std=[1.0])
+                               optim={"name": "adamw", "lr": 5e-3, "weight_decay": 0.0, "schedule": "cyclic",
+                                      "cycle_peak": (epochs * 2 // 5) / epochs}, mean=[0.0], std=[1.0])
     data = SyntheticDataModule(num_samples=96, num_classes=4, img_size=8, in_chans=1, batch_size=16)
     trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[record],
@@ -201,7 +201,7 @@ def test_cyclic_schedule_options_are_checked():
 
     model = {"name": "madry_mnist_cnn", "num_classes": 4, "in_chans": 1, "img_size": 8}
     with pytest.raises(ValueError, match="schedule 'cyclic' rises until cycle_peak .* warmup_epochs"):
-        ImageClassification(model, schedule="cyclic", warmup_epochs=4)
+        ImageClassification(model, optim={"schedule": "cyclic", "warmup_epochs": 4})
     trainer = SimpleNamespace(estimated_stepping_batches=100)
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     assert one_cycle_over_run(trainer, optimizer, peak=0.4, min_lr_ratio=0.0).total_steps == 100

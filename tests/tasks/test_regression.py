@@ -1,9 +1,10 @@
 import sys
+from functools import partial
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
+from conftest import trainer as quiet_trainer
 
 from research.data import FunctionRegressionDataModule
 from research.fit import main
@@ -13,17 +14,7 @@ from research.tasks import Regression
 CONFIG = Path(__file__).resolve().parents[2] / "configs/regression/sin_mlp.yaml"
 
 
-def trainer(tmp_path, **kw):
-    args = dict(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        default_root_dir=str(tmp_path),
-    )
-    return L.Trainer(**(args | kw))
+trainer = partial(quiet_trainer, max_epochs=1)
 
 
 def test_loss_falls_when_overfitting_one_batch():
@@ -31,7 +22,7 @@ def test_loss_falls_when_overfitting_one_batch():
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     torch.manual_seed(0)
-    task = Regression({"name": "mlp", "hidden_sizes": [32, 32]})
+    task = Regression({"name": "mlp_regressor", "hidden_sizes": [32, 32]})
     opt = torch.optim.Adam(task.parameters(), lr=1e-2)
     losses = []
     for _ in range(300):
@@ -46,7 +37,7 @@ def test_loss_falls_when_overfitting_one_batch():
 
 def test_fit_logs_mse_and_mae_and_predict_gives_values(tmp_path):
     dm = FunctionRegressionDataModule(num_train=64, num_val=32, num_test=32, batch_size=16)
-    task = Regression({"name": "mlp", "hidden_sizes": [8]}, schedule="cosine")
+    task = Regression({"name": "mlp_regressor", "hidden_sizes": [8]}, optim={"schedule": "cosine"})
     run = trainer(tmp_path)
     run.fit(task, datamodule=dm)
     metrics = run.test(task, datamodule=dm, verbose=False)[0]
@@ -60,29 +51,30 @@ def test_fit_logs_mse_and_mae_and_predict_gives_values(tmp_path):
 
 
 def test_mlp_widths_and_activation():
-    model = create_model("mlp", in_features=3, hidden_sizes=[4, 5], activation="relu", out_features=2)
+    model = create_model("mlp_regressor", in_features=3, hidden_sizes=[4, 5], activation="relu", out_features=2)
     assert model(torch.zeros(7, 3)).shape == (7, 2)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(3, 4), (4, 5), (5, 2)]
     assert isinstance(list(model.layers)[-1], torch.nn.Linear)  # a linear output: unbounded predictions
-    linear = create_model("mlp", hidden_sizes=[])
+    linear = create_model("mlp_regressor", hidden_sizes=[])
     torch.testing.assert_close(linear(torch.tensor([[2.0]])) - linear(torch.tensor([[1.0]])), linear.layers[0].weight)
 
 
 def test_bad_input_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown activation 'tahn'; did you mean 'tanh'"):
-        create_model("mlp", activation="tahn")
+        create_model("mlp_regressor", activation="tahn")
     with pytest.raises(ValueError, match="every width must be >= 1"):
-        create_model("mlp", hidden_sizes=[0])
+        create_model("mlp_regressor", hidden_sizes=[0])
     with pytest.raises(ValueError, match=r"expected inputs of shape \(B, 1\), got \(4,\)"):
-        create_model("mlp")(torch.zeros(4))
-    task = Regression({"name": "mlp"})
+        create_model("mlp_regressor")(torch.zeros(4))
+    task = Regression({"name": "mlp_regressor"})
     with pytest.raises(ValueError, match=r"predictions have shape \(4, 1\) but targets \(4,\)"):
         task.training_step((torch.zeros(4, 1), torch.zeros(4)), 0)
+    task = Regression({"name": "mlp_regressor", "in_features": 2})
     with pytest.raises(ValueError, match="in_features=2 but FunctionRegressionDataModule has 1"):
-        trainer(tmp_path).fit(Regression({"name": "mlp", "in_features": 2}), datamodule=FunctionRegressionDataModule())
+        trainer(tmp_path).fit(task, datamodule=FunctionRegressionDataModule())
     with pytest.raises(ValueError, match="unknown schedule"):
-        Regression({"name": "mlp"}, schedule="step")
+        Regression({"name": "mlp_regressor"}, optim={"schedule": "step"})
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
-import lightning as L
+from functools import partial
+
 import pytest
 import torch
+from conftest import trainer as quiet_trainer
 
 from research.data import LanguageWordsDataModule
 from research.tasks import SequenceClassification
@@ -17,17 +19,7 @@ def words(tmp_path):
     return LanguageWordsDataModule(files=files, val_fraction=0.2, test_fraction=0.2, batch_size=4)
 
 
-def trainer(tmp_path, **kw):
-    args = dict(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        default_root_dir=str(tmp_path),
-    )
-    return L.Trainer(**(args | kw))
+trainer = partial(quiet_trainer, max_epochs=1)
 
 
 def test_loss_falls_when_overfitting_one_batch(words):
@@ -48,7 +40,7 @@ def test_loss_falls_when_overfitting_one_batch(words):
 
 
 def test_sizes_come_from_the_datamodule_and_fit_then_test_logs_accuracy_and_baseline(words, tmp_path):
-    task = SequenceClassification({"name": "gru_classifier_tiny"}, lr=1e-2)
+    task = SequenceClassification({"name": "gru_classifier_tiny"}, optim={"lr": 1e-2})
     assert task.model is None  # built when the Trainer starts, from the data
     run = trainer(tmp_path)
     run.fit(task, datamodule=words)
@@ -92,8 +84,8 @@ def test_a_model_that_does_not_fit_the_data_is_a_clear_error(words, tmp_path):
         trainer(tmp_path).fit(task, datamodule=words)
     with pytest.raises(ValueError, match="lacks \\['vocab_size', 'num_classes'\\]"):
         SequenceClassification(torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
-        SequenceClassification({"name": "gru_classifier_tiny"}, schedule="linear")
+    with pytest.raises(ValueError, match="unknown schedule 'step'"):
+        SequenceClassification({"name": "gru_classifier_tiny"}, optim={"schedule": "step"})
     task = SequenceClassification({"name": "gru_classifier_tiny"})
     with pytest.raises(ValueError, match="has no vocab_size or num_classes and there is no datamodule"):
         task.configure_model()

@@ -1,9 +1,10 @@
 import random
+from functools import partial
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import trainer as quiet_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
@@ -34,20 +35,8 @@ def datamodule(corpus, **kw):
     return TranslationDataModule(**(args | dict(val_fraction=0.1, test_fraction=0.1)) | kw)
 
 
-def trainer(tmp_path, **kw):
-    args = dict(
-        max_steps=2,
-        limit_val_batches=1,
-        limit_test_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        default_root_dir=str(tmp_path),
-    )
-    return L.Trainer(**(args | kw))
+trainer = partial(quiet_trainer, max_steps=2, limit_val_batches=1, limit_test_batches=1,
+                  num_sanity_val_steps=0)
 
 
 def test_label_smoothed_loss_ignores_padding_and_matches_torch():
@@ -98,7 +87,7 @@ def test_overfitting_one_batch_then_greedy_and_beam_reproduce_it(name):
     src, tgt = padded(sources), padded([[bos, *t, eos] for t in targets])
     tgt_in, tgt_out = tgt[:, :-1].masked_fill(tgt[:, :-1] == eos, pad), tgt[:, 1:]
     spec = {"name": name, "vocab_size": vocab, "pad_id": pad, "dropout": 0.0}
-    task = Translation(spec, warmup_steps=10, lr_scale=0.5, model_dim=32, bos_id=bos, eos_id=eos)
+    task = Translation(spec, optim={"warmup_steps": 10, "lr": 0.5}, model_dim=32, bos_id=bos, eos_id=eos)
     optimizers = task.configure_optimizers()
     optimizer, scheduler = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
     losses = []
@@ -191,8 +180,6 @@ def test_model_that_does_not_fit_the_data_is_a_clear_error(corpus, tmp_path):
 
 
 def test_argument_errors():
-    with pytest.raises(ValueError, match="val_decoding must be 'greedy' or 'beam'"):
-        Translation(TINY, val_decoding="beem")
     with pytest.raises(ValueError, match="label_smoothing must lie in"):
         Translation(TINY, label_smoothing=1.0)
     with pytest.raises(ValueError, match="needs a seq2seq model"):

@@ -1,0 +1,192 @@
+"""What every task shares: optimizer settings, fitting the model to its data, checkpoint checks, image normalisation.
+
+A task subclasses :class:`Task` and says only what is new: its loss, metrics and steps, its
+default :class:`~research.tasks.optim.OptimizerSettings` (``default_optim``) and, when the model
+must match the data, :meth:`Task.fit_to_data`. Image tasks add :class:`ImageNormalization`, which
+keeps the per-channel mean/std that turns [0, 1] images into model input (ARCHITECTURE.md: the
+task normalises, so an attack's epsilon is in pixel units).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from research.tasks.checks import check_checkpoint
+from research.tasks.optim import OptimizerSettings, configure_optimization, learning_rate
+
+log = logging.getLogger(__name__)
+
+
+class Task(L.LightningModule):
+    """A LightningModule with one optimizer group, one hook that fits the model to the data, and checkpoint checks.
+
+    Args:
+        optim: the optimizer and schedule: :class:`OptimizerSettings`, or a mapping of the fields
+            that differ from the task's ``default_optim`` (as a config gives them, or a
+            checkpoint's hyperparameters).
+
+    """
+
+    #: the task's recipe; a config's ``optim`` changes single fields of it.
+    default_optim: ClassVar[OptimizerSettings] = OptimizerSettings()
+    #: metric and mode that ModelCheckpoint uses to keep the best checkpoint.
+    checkpoint_monitor: ClassVar[tuple[str | None, str]] = ("val/loss", "min")
+
+    def __init__(self, optim: OptimizerSettings | Mapping[str, Any]) -> None:
+        super().__init__()
+        self.optim = self.default_optim.updated(optim)
+        self.lr: float | None = None  # the peak learning rate in use, set by configure_optimizers
+
+    def save_hyperparameters(self, *args, ignore: Sequence[str] | str | None = None, frame=None, logger=True) -> None:
+        """Lightning's, with ``optim`` saved whole as a plain dict, so that a checkpoint loads with ``weights_only``."""
+        super().save_hyperparameters(*args, ignore=ignore, frame=frame or inspect.currentframe().f_back, logger=logger)
+        self.hparams["optim"] = self._hparams_initial["optim"] = asdict(self.optim)
+
+    @property
+    def datamodule(self) -> L.LightningDataModule | None:
+        """The datamodule of the trainer running this task, if any."""
+        return getattr(self._trainer, "datamodule", None)
+
+    def configure_model(self) -> None:
+        """Fit the model to the data (:meth:`fit_to_data`) when the Trainer starts.
+
+        Lightning calls this hook after the datamodule's ``setup`` (so its sizes and statistics are
+        known) and before a checkpoint's weights are restored (so a model built here from the
+        data's sizes receives them), at every ``fit``/``validate``/``test``; it is also where
+        sharded training wraps the model. ``setup`` would come at the same point but is not
+        where sharding happens, so one hook serves both.
+        """
+        self.fit_to_data(self.datamodule)
+
+    def fit_to_data(self, datamodule: L.LightningDataModule | None) -> None:
+        """Build what depends on the data and check that the model fits it; a mismatch stops here with what to change.
+
+        Called once per run (and again by each later ``fit``/``validate``/``test``: idempotent).
+        ``datamodule`` is None when the task runs on bare dataloaders. The default does nothing.
+        """
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint of another model stops here with a readable message, before torch's strict load."""
+        check_checkpoint(self, checkpoint)
+
+    def optimized_module(self) -> nn.Module:
+        """The module whose trainable parameters the optimizer steps; the task's ``model`` by default."""
+        return self.model
+
+    def configure_optimizers(self):
+        self.lr = learning_rate(self.optim, self._trainer)
+        if self.optim.reference_batch is not None:
+            log.info("learning rate %.3g = %.3g x effective batch / %d", self.lr, self.optim.lr,
+                     self.optim.reference_batch)
+        module = self.optimized_module()
+        return configure_optimization(module, self.optim, self._trainer, lr=self.lr, d_model=self.model_width())
+
+    def model_width(self) -> int | None:
+        """d_model of the "inverse_sqrt" schedule: the model's ``dim`` when it has one."""
+        return getattr(self.model, "dim", None)
+
+
+def spec_with(spec: str | Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The model spec with the keys it lacks taken from ``values`` (sizes the data knows, such as vocab_size)."""
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+    return {**values, **spec}
+
+
+_ADVICE = ("Build the model for these images (in_chans/img_size in its config) or convert the images "
+           "(data in_chans/img_size).")
+
+
+class ImageTask(Task):
+    """A task on images in [0, 1] that normalises them itself, with the per-channel mean/std of its data.
+
+    The statistics come from the task's arguments or, when those are None, from the datamodule
+    when the Trainer starts; they are hyperparameters (a checkpoint rebuilds them), held as
+    non-persistent buffers.
+    """
+
+    mean: Tensor
+    std: Tensor
+
+    def init_normalization(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+        """Keep ``mean``/``std`` (C,) as (C, 1, 1) buffers; None for both leaves images as they are until data has them.
+
+        Raises:
+            ValueError: only one of the two is given.
+        """
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither (then the datamodule's are used)")
+        for name, value in (("mean", mean), ("std", std)):
+            stats = torch.tensor(value, dtype=torch.float32) if value else torch.zeros(0)
+            self.register_buffer(name, stats.view(-1, 1, 1).to(self.device), persistent=False)
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """Model input for images in [0, 1]: ``(images - mean) / std`` per channel. Shape: (B, C, H, W), unchanged."""
+        return (images - self.mean) / self.std if self.mean.numel() else images
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        """Images in the [0, 1] scale for model input ``x``, the inverse of :meth:`normalize`. Shape: (B, C, H, W)."""
+        return x * self.std + self.mean if self.mean.numel() else x
+
+    def fit_to_data(self, datamodule: L.LightningDataModule | None) -> None:
+        """Adopt the datamodule's mean/std unless given, then run the model on a blank image of the data's shape."""
+        if datamodule is None:
+            return
+        if not self.mean.numel() and getattr(datamodule, "mean", None) is not None:
+            self.hparams["mean"], self.hparams["std"] = tuple(datamodule.mean), tuple(datamodule.std)  # in checkpoints
+            self.init_normalization(datamodule.mean, datamodule.std)
+        image = self.blank_image(datamodule)
+        if image is not None:
+            self.check_output(self.dry_forward(self.dry_run, image))
+
+    def blank_image(self, datamodule: L.LightningDataModule) -> Tensor | None:
+        """A (1, C, H, W) zero image of the datamodule's shape (None when it does not say), where the weights are.
+
+        Raises:
+            ValueError: mean/std of another channel count than the images.
+        """
+        in_chans, img_size = getattr(datamodule, "in_chans", None), getattr(datamodule, "img_size", None)
+        if in_chans is None or img_size is None:
+            return None
+        if self.mean.numel() and self.mean.numel() != in_chans:
+            raise ValueError(f"mean/std have {self.mean.numel()} channels but the images have {in_chans}")
+        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+        weight = next(self.parameters())
+        return torch.zeros(1, in_chans, h, w, dtype=weight.dtype, device=weight.device)
+
+    def dry_forward(self, run: Callable[[Tensor], Any], image: Tensor, *, who: str = "the model",
+                    advice: str = _ADVICE) -> Any:
+        """``run(image)`` in eval mode without gradients, each module's mode restored after: fail here, not mid-run.
+
+        Raises:
+            ValueError: ``run`` fails; the message names the image shape, the error and ``advice``.
+        """
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()  # no BatchNorm statistics move
+        try:
+            # The Trainer calls configure_model under its default device (and dtype): what the model
+            # creates on the fly goes where the image and the weights are.
+            with torch.no_grad(), torch.device(image.device):
+                return run(image)
+        except (ValueError, RuntimeError) as err:
+            raise ValueError(
+                f"{who} cannot take this data's images (shape (B, {', '.join(map(str, image.shape[1:]))})): {err}\n"
+                f"{advice}"
+            ) from err
+        finally:
+            for m, training in modes:
+                m.training = training
+
+    def dry_run(self, image: Tensor) -> Any:
+        """What :meth:`fit_to_data` runs on the blank image: the task's model on the normalised image."""
+        return self.model(self.normalize(image))
+
+    def check_output(self, output: Any) -> None:
+        """Check what :meth:`dry_run` returned; the default accepts anything."""
