@@ -19,7 +19,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def mlp():
-    """The MLP of the APGD and AutoAttack agreement tests, trained on 4,000 embedded digits (one per test module)."""
+    """The MLP of the PGD, APGD and AutoAttack agreement tests, trained on 4,000 embedded digits (one per module)."""
     torch.set_num_threads(1)  # the module fixture runs before the per-test one-thread fixture
     torch.manual_seed(0)  # trained() seeds only after the model's initialisation
     return trained(nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10)), epochs=5)
