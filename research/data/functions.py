@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from research.data.splits import SplitDataModule
+from research.data.splits import SplitDataModule, check_loading
 
 # The test set ignores ``seed``: it must be the same points in every run.
 TEST_SEED = 0
@@ -123,8 +123,7 @@ class FunctionRegressionDataModule(SplitDataModule):
             )
         if noise_std < 0:
             raise ValueError(f"noise_std is a standard deviation and must be >= 0, got {noise_std}")
-        if batch_size < 1 or num_workers < 0:
-            raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
+        check_loading(batch_size, num_workers)
         self.function, self.low, self.high = function, low, high
         self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
         self.noise_std, self.batch_size, self.num_workers, self.seed = noise_std, batch_size, num_workers, seed

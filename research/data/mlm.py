@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from research.data.splits import check_loading
 from research.data.text import Splits, text_corpus
 from research.data.tokenized import TokenizedCorpusDataModule
 from research.data.tokenizer import SpecialTokens
@@ -112,8 +113,7 @@ def pack_lines(lines: Sequence[Sequence[int]], *, budget: int) -> list[list[int]
         The blocks, in corpus order.
 
     """
-    if budget < 1:
-        raise ValueError(f"budget must be at least 1 token, got {budget}; raise max_length")
+    assert budget >= 1, budget  # the datamodule's max_length check leaves room for a token
     blocks: list[list[int]] = []
     current: list[int] = []
     for line in lines:
@@ -306,8 +306,7 @@ class MaskedLanguageModellingDataModule(TokenizedCorpusDataModule):
         test_fraction: float = 0.05,
         seed: int = 0,
     ) -> None:
-        if batch_size < 1 or num_workers < 0:
-            raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
+        check_loading(batch_size, num_workers)
         if max_length < (5 if sentence_pairs else 3):
             raise ValueError(
                 f"max_length={max_length} leaves no room for text next to [CLS] and [SEP]; use at least 16"

@@ -12,6 +12,16 @@ from research.data.loaders import TEST_ORDER_SEED, make_loader, run_seed, traine
 SPLITS = ("train", "val", "test", "predict")
 
 
+def check_loading(batch_size: int, num_workers: int) -> None:
+    """Stop on a batch size below 1 or a negative number of workers (datamodule constructors call it).
+
+    Raises:
+        ValueError: saying which.
+    """
+    if batch_size < 1 or num_workers < 0:
+        raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
+
+
 class SplitDataModule(L.LightningDataModule):
     """Train, validation, test and predict (the test split) loaders over ``train_set``/``val_set``/``test_set``.
 

@@ -239,10 +239,8 @@ def padding_fraction(batches: Sequence[Sequence[int]], *, src_lengths: Sequence[
 class TranslationDataModule(TokenizedCorpusDataModule):
     """Sentence pairs for translation, with one subword vocabulary shared by both languages.
 
-    ``tokenizer``, ``vocab_size`` (the tokenizer's: a trained vocabulary may end below the
-    requested size), ``special_tokens`` and ``max_length`` are known before ``setup``, so a task
-    can build or check its model against them; reading them first reads the corpus and trains (or
-    loads the cached) tokenizer, about 2 s for the embedded corpus.
+    ``tokenizer``, ``vocab_size``, ``special_tokens`` and ``max_length`` are known before ``setup``
+    (see :class:`~research.data.tokenized.TokenizedCorpusDataModule`; about 2 s for the embedded corpus).
 
     Args:
         corpus: a two-column ``source<TAB>target`` file (plain or ``.gz``); None reads the

@@ -35,7 +35,7 @@ from research.data.image_tensors import (
     size_value,
     to_float,
 )
-from research.data.splits import SplitDataModule
+from research.data.splits import SplitDataModule, check_loading
 
 # The carved test split ignores ``seed``: it must be the same images in every run.
 TEST_SPLIT_SEED = 0
@@ -160,8 +160,7 @@ class VisionDataModule(SplitDataModule):
         drop_last: bool = True,
     ):
         super().__init__()
-        if batch_size < 1 or num_workers < 0:
-            raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
+        check_loading(batch_size, num_workers)
         if in_chans is not None and in_chans < 1:
             raise ValueError(f"in_chans must be a positive integer or None (keep the source's), got {in_chans}")
         if img_size is not None:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from research.data.splits import SplitDataModule
+from research.data.splits import SplitDataModule, check_loading
 from research.data.text import EMBEDDED_BIBLE, Splits, check_utf8, read_lines, read_tsv, split_items
 
 PAD_ID, UNK_ID = 0, 1
@@ -152,11 +152,9 @@ class LanguageWordsDataModule(SplitDataModule):
         for path in (p for ps in paths.values() for p in ps):
             if not Path(path).is_file():  # stop at construction, before a Trainer starts
                 raise FileNotFoundError(f"text file {path!r} does not exist; check data.corpus or data.files")
-        if min_length < 1 or batch_size < 1 or num_workers < 0:
-            raise ValueError(
-                f"need min_length >= 1, batch_size >= 1 and num_workers >= 0, got {min_length}, {batch_size}, "
-                f"{num_workers}"
-            )
+        if min_length < 1:
+            raise ValueError(f"need min_length >= 1, got {min_length}")
+        check_loading(batch_size, num_workers)
         self.corpus, self.files, self.languages = corpus, files, languages
         self.min_length, self.seed = min_length, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
