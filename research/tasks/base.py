@@ -2,9 +2,10 @@
 
 A task subclasses :class:`Task` and says only what is new: its loss, metrics and steps, its
 default :class:`~research.tasks.optim.OptimizerSettings` (``default_optim``) and, when the model
-must match the data, :meth:`Task.fit_to_data`. Image tasks add :class:`ImageNormalization`, which
-keeps the per-channel mean/std that turns [0, 1] images into model input (ARCHITECTURE.md: the
-task normalises, so an attack's epsilon is in pixel units).
+must match the data, :meth:`Task.fit_to_data` (with ``sizes_from_data``/``data_sizes`` when the
+model's sizes come from the data, such as a tokenizer's vocabulary). Image tasks subclass
+:class:`ImageTask`, which keeps the per-channel mean/std that turns [0, 1] images into model input
+(ARCHITECTURE.md: the task normalises, so an attack's epsilon is in pixel units).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from research.models import build_model
 from research.tasks.checks import check_checkpoint
 from research.tasks.optim import OptimizerSettings, configure_optimization, learning_rate
 
@@ -39,6 +41,9 @@ class Task(L.LightningModule):
     default_optim: ClassVar[OptimizerSettings] = OptimizerSettings()
     #: metric and mode that ModelCheckpoint uses to keep the best checkpoint.
     checkpoint_monitor: ClassVar[tuple[str | None, str]] = ("val/loss", "min")
+    #: model-spec keys that the data knows (a tokenizer's vocab_size, ...): a spec without them is
+    #: built when the Trainer starts (:meth:`build_sized`), and checkpoints record the values.
+    sizes_from_data: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, optim: OptimizerSettings | Mapping[str, Any]) -> None:
         super().__init__()
@@ -62,9 +67,13 @@ class Task(L.LightningModule):
         known) and before a checkpoint's weights are restored (so a model built here from the
         data's sizes receives them), at every ``fit``/``validate``/``test``; it is also where
         sharded training wraps the model. ``setup`` would come at the same point but is not
-        where sharding happens, so one hook serves both.
+        where sharding happens, so one hook serves both. The Trainer calls it with the accelerator as
+        the default device; :meth:`fit_to_data` runs with the task's own device instead (where its
+        weights are until the strategy moves them), as in ``setup``: a datamodule that computes its
+        statistics on first use, and the dry forward of an image task, stay beside their tensors.
         """
-        self.fit_to_data(self.datamodule)
+        with torch.device(self.device):
+            self.fit_to_data(self.datamodule)
 
     def fit_to_data(self, datamodule: L.LightningDataModule | None) -> None:
         """Build what depends on the data and check that the model fits it; a mismatch stops here with what to change.
@@ -72,6 +81,28 @@ class Task(L.LightningModule):
         Called once per run (and again by each later ``fit``/``validate``/``test``: idempotent).
         ``datamodule`` is None when the task runs on bare dataloaders. The default does nothing.
         """
+
+    def init_model(self, model: nn.Module | dict | str) -> None:
+        """Build the model now, or leave it to :meth:`build_sized` when its spec lacks one of ``sizes_from_data``."""
+        self.model: nn.Module | None = None
+        if isinstance(model, nn.Module) or (isinstance(model, dict) and set(self.sizes_from_data) <= set(model)):
+            self.build(model)
+
+    def build(self, spec: nn.Module | dict | str) -> None:
+        """Build the model from ``spec`` (and what depends on its sizes, such as metrics)."""
+        self.model = build_model(spec)
+
+    def build_sized(self, datamodule: L.LightningDataModule | None) -> None:
+        """Build the model, unless built, from its spec completed with the sizes the data knows (:meth:`data_sizes`)."""
+        if self.model is None:
+            spec = self.hparams.model
+            spec = {**self.data_sizes(datamodule), **({"name": spec} if isinstance(spec, str) else spec)}
+            self.hparams["model"] = spec  # checkpoints record the sizes, so they load without the data
+            self.build(spec)
+
+    def data_sizes(self, datamodule: L.LightningDataModule | None) -> dict[str, Any]:
+        """The model-spec values ``datamodule`` knows; raises, naming what to add to the spec, when it knows too few."""
+        raise NotImplementedError(f"{type(self).__name__} takes no sizes from the data")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A checkpoint of another model stops here with a readable message, before torch's strict load."""
@@ -92,12 +123,6 @@ class Task(L.LightningModule):
     def model_width(self) -> int | None:
         """d_model of the "inverse_sqrt" schedule: the model's ``dim`` when it has one."""
         return getattr(self.model, "dim", None)
-
-
-def spec_with(spec: str | Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
-    """The model spec with the keys it lacks taken from ``values`` (sizes the data knows, such as vocab_size)."""
-    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-    return {**values, **spec}
 
 
 _ADVICE = ("Build the model for these images (in_chans/img_size in its config) or convert the images "
@@ -124,8 +149,9 @@ class ImageTask(Task):
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std, or neither (then the datamodule's are used)")
         for name, value in (("mean", mean), ("std", std)):
-            stats = torch.tensor(value, dtype=torch.float32) if value else torch.zeros(0)
-            self.register_buffer(name, stats.view(-1, 1, 1).to(self.device), persistent=False)
+            stats = torch.tensor(value, dtype=torch.float32, device=self.device) if value else \
+                torch.zeros(0, device=self.device)
+            self.register_buffer(name, stats.view(-1, 1, 1), persistent=False)
 
     def normalize(self, images: Tensor) -> Tensor:
         """Model input for images in [0, 1]: ``(images - mean) / std`` per channel. Shape: (B, C, H, W), unchanged."""
@@ -171,9 +197,7 @@ class ImageTask(Task):
         modes = [(m, m.training) for m in self.modules()]
         self.eval()  # no BatchNorm statistics move
         try:
-            # The Trainer calls configure_model under its default device (and dtype): what the model
-            # creates on the fly goes where the image and the weights are.
-            with torch.no_grad(), torch.device(image.device):
+            with torch.no_grad():
                 return run(image)
         except (ValueError, RuntimeError) as err:
             raise ValueError(

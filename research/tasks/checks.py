@@ -6,23 +6,9 @@ with a message that says what differs and what to do, instead of a size mismatch
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import lightning as L
 
 from research.models.weights import check_fits
-
-
-def datamodule_of(task: L.LightningModule) -> L.LightningDataModule | None:
-    """The datamodule of the trainer running ``task``, if any."""
-    return getattr(task._trainer, "datamodule", None) if task._trainer is not None else None
-
-
-def complete_spec(spec: str | Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
-    """The model spec with the keys it lacks taken from ``values`` (sizes the data knows, such as vocab_size)."""
-    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-    return {**values, **spec}
 
 
 def check_checkpoint(

@@ -25,7 +25,7 @@ from research.data.mlm import IGNORE_INDEX
 from research.metrics import MostFrequentAccuracy
 from research.models import build_model
 from research.models.protocols import MaskedLanguageModel, require
-from research.tasks.base import Task, spec_with
+from research.tasks.base import Task
 from research.tasks.checks import check_max_length, check_vocabulary
 from research.tasks.optim import OptimizerSettings
 
@@ -50,16 +50,15 @@ class MaskedLanguageModelling(Task):
 
     """
 
+    sizes_from_data = ("vocab_size",)
     default_optim = OptimizerSettings(name="adamw", lr=1e-4, weight_decay=0.01, schedule="linear", warmup_steps=10_000)
 
     def __init__(self, model: dict | str | nn.Module, *, optim: OptimizerSettings = default_optim) -> None:
         super().__init__(optim)
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
-        self.model: nn.Module | None = None
-        if isinstance(model, nn.Module) or (isinstance(model, dict) and "vocab_size" in model):
-            self._build(model)
+        self.init_model(model)
 
-    def _build(self, spec: nn.Module | dict | str) -> None:
+    def build(self, spec: nn.Module | dict | str) -> None:
         model = build_model(spec)
         require(model, MaskedLanguageModel, "MaskedLanguageModelling needs a BERT-style model (e.g. bert_tiny)")
         self.model = model
@@ -81,17 +80,15 @@ class MaskedLanguageModelling(Task):
 
     def fit_to_data(self, dm: L.LightningDataModule | None) -> None:
         """Build the model now if its vocabulary size had to come from the datamodule; check it against the data."""
-        if self.model is None:
-            if dm is None or not hasattr(dm, "vocab_size"):
-                raise ValueError(
-                    "the model spec has no vocab_size and there is no text datamodule to take it from; "
-                    "add vocab_size to the model spec"
-                )
-            spec = spec_with(self.hparams.model, {"vocab_size": dm.vocab_size})
-            self.hparams["model"] = spec  # checkpoints record the size, so they load without the data
-            self._build(spec)
+        self.build_sized(dm)
         if dm is not None:
             self._check_data(dm)
+
+    def data_sizes(self, dm: L.LightningDataModule | None) -> dict[str, int]:
+        if dm is None or not hasattr(dm, "vocab_size"):
+            raise ValueError("the model spec has no vocab_size and there is no text datamodule to take it from; "
+                             "add vocab_size to the model spec")
+        return {"vocab_size": dm.vocab_size}
 
     def _check_data(self, dm) -> None:
         check_vocabulary(self.model.vocab_size, getattr(dm, "vocab_size", None))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -185,6 +185,16 @@ def warmup_cosine(
     The schedule is stepped once per optimizer step (Goyal et al. 2017 warm-up; Loshchilov & Hutter
     2017 cosine without restarts).
     """
+    def cosine(progress: float) -> float:
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return _warmup_then(optimizer, cosine, warmup_steps=warmup_steps, total_steps=total_steps)
+
+
+def _warmup_then(
+    optimizer: torch.optim.Optimizer, decay: Callable[[float], float], *, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps``, then the factor ``decay(progress)``, progress from 0 to 1 at the end."""
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
     warmup_steps = min(warmup_steps, total_steps)
@@ -192,8 +202,7 @@ def warmup_cosine(
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return decay(min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -289,17 +298,10 @@ def warmup_linear(
     steps, and linear decay of the learning rate"), stepped once per optimizer step; the LR reaches
     ``lr * min_lr_ratio`` at ``total_steps`` and stays there.
     """
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    warmup_steps = min(warmup_steps, total_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    def linear(progress: float) -> float:
         return 1.0 - (1.0 - min_lr_ratio) * progress
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return _warmup_then(optimizer, linear, warmup_steps=warmup_steps, total_steps=total_steps)
 
 
 def inverse_sqrt(

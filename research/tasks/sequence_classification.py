@@ -21,7 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from research.metrics import MostFrequentAccuracy
 from research.models import build_model
 from research.models.protocols import SequenceClassifier, require
-from research.tasks.base import Task, spec_with
+from research.tasks.base import Task
 from research.tasks.optim import OptimizerSettings
 
 # what the task reads from the data and passes to the model spec when the spec lacks it
@@ -45,17 +45,16 @@ class SequenceClassification(Task):
 
     """
 
+    sizes_from_data = ("vocab_size", "num_classes")
     default_optim = OptimizerSettings(name="adamw", lr=1e-3, weight_decay=0.01, schedule="constant")
     checkpoint_monitor = ("val/acc", "max")
 
     def __init__(self, model: dict | str | nn.Module, *, optim: OptimizerSettings = default_optim) -> None:
         super().__init__(optim)
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
-        self.model: nn.Module | None = None
-        if isinstance(model, nn.Module) or (isinstance(model, dict) and {"vocab_size", "num_classes"} <= set(model)):
-            self._build(model)
+        self.init_model(model)
 
-    def _build(self, spec: nn.Module | dict | str) -> None:
+    def build(self, spec: nn.Module | dict | str) -> None:
         model = build_model(spec)
         require(model, SequenceClassifier, "SequenceClassification needs a sequence classifier (e.g. gru_classifier)")
         self.model = model
@@ -75,20 +74,19 @@ class SequenceClassification(Task):
 
     def fit_to_data(self, dm: L.LightningDataModule | None) -> None:
         """Build the model now if its sizes had to come from the datamodule; check it against the data."""
-        if self.model is None:
-            spec = spec_with(self.hparams.model, {})
-            absent = [key for key in _FROM_DATA if key not in spec]
-            needed = [key for key in ("vocab_size", "num_classes") if key in absent and not hasattr(dm, key)]
-            if needed:
-                raise ValueError(
-                    f"the model spec has no {' or '.join(needed)} and there is no datamodule that knows it "
-                    "(such as research.data.LanguageWordsDataModule); add it to the model spec"
-                )
-            spec |= {key: getattr(dm, key) for key in absent if hasattr(dm, key)}
-            self.hparams["model"] = spec  # checkpoints record the sizes, so they load without the data
-            self._build(spec)
+        self.build_sized(dm)
         if dm is not None:
             self._check_data(dm)
+
+    def data_sizes(self, dm: L.LightningDataModule | None) -> dict[str, int]:
+        spec = self.hparams.model if isinstance(self.hparams.model, dict) else {}
+        needed = [key for key in self.sizes_from_data if key not in spec and not hasattr(dm, key)]
+        if needed:
+            raise ValueError(
+                f"the model spec has no {' or '.join(needed)} and there is no datamodule that knows it "
+                "(such as research.data.LanguageWordsDataModule); add it to the model spec"
+            )
+        return {key: getattr(dm, key) for key in _FROM_DATA if hasattr(dm, key)}
 
     def _check_data(self, dm) -> None:
         for key, advice in (

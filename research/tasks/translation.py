@@ -35,7 +35,7 @@ from torchmetrics.text import SacreBLEUScore
 from research.models import build_model
 from research.models.decoding import beam_search, greedy_decode
 from research.models.protocols import Seq2SeqModel, require
-from research.tasks.base import Task, spec_with
+from research.tasks.base import Task
 from research.tasks.checks import check_max_length, check_vocabulary
 from research.tasks.optim import OptimizerSettings
 
@@ -100,6 +100,7 @@ class Translation(Task):
 
     """
 
+    sizes_from_data = ("vocab_size", "pad_id")
     default_optim = OptimizerSettings(name="adamw", lr=1.0, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0,
                                       schedule="inverse_sqrt", warmup_steps=4000)
     checkpoint_monitor = ("val/bleu", "max")
@@ -130,13 +131,11 @@ class Translation(Task):
                 raise ValueError(f"{name} must be at least 1, or null to decode every sentence")
         if beam_size < 1 or num_logged_samples < 0:
             raise ValueError(f"need beam_size >= 1 and num_logged_samples >= 0, got {beam_size}, {num_logged_samples}")
-        self.model: nn.Module | None = None
-        if isinstance(model, nn.Module) or (isinstance(model, dict) and {"vocab_size", "pad_id"} <= set(model)):
-            self._build(model)
+        self.init_model(model)
         self._decode_every = {"val": 1, "test": 1}
         self._samples: dict[str, list[tuple[int, str, str, str]]] = {"val": [], "test": []}
 
-    def _build(self, spec: nn.Module | dict | str) -> None:
+    def build(self, spec: nn.Module | dict | str) -> None:
         model = build_model(spec)
         require(model, Seq2SeqModel, "Translation needs a seq2seq model (e.g. transformer_small, gru_attention)")
         self.model = model
@@ -148,20 +147,18 @@ class Translation(Task):
 
     def fit_to_data(self, dm: L.LightningDataModule | None) -> None:
         """Build the model now if its vocabulary had to come from the datamodule; check it against the data."""
-        if self.model is None:
-            if dm is None or not hasattr(dm, "vocab_size"):
-                raise ValueError(
-                    "the model spec has no vocab_size/pad_id and there is no translation datamodule to take "
-                    "them from; add vocab_size and pad_id to the model spec"
-                )
-            spec = spec_with(self.hparams.model, {"vocab_size": dm.vocab_size, "pad_id": dm.special_tokens.pad})
-            self.hparams["model"] = spec  # checkpoints record the vocabulary, so they load without the data
-            self._build(spec)
+        self.build_sized(dm)
         if dm is not None and hasattr(dm, "special_tokens"):
             for name, token in (("bos_id", dm.special_tokens.cls), ("eos_id", dm.special_tokens.sep)):
                 if self.hparams[name] is None:
                     self.hparams[name] = token
             self._check_data(dm)
+
+    def data_sizes(self, dm: L.LightningDataModule | None) -> dict[str, int]:
+        if dm is None or not hasattr(dm, "vocab_size"):
+            raise ValueError("the model spec has no vocab_size/pad_id and there is no translation datamodule to take "
+                             "them from; add vocab_size and pad_id to the model spec")
+        return {"vocab_size": dm.vocab_size, "pad_id": dm.special_tokens.pad}
 
     def _check_data(self, dm) -> None:
         check_vocabulary(self.model.vocab_size, getattr(dm, "vocab_size", None))

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import lightning as L
 import pytest
 import torch
@@ -137,3 +139,14 @@ def test_linear_probe_trains_only_a_batchnorm_linear_head_on_a_frozen_model():
     x = torch.rand(2, 3, 16, 16)
     features = task.model.forward_head(task.model.forward_features((x - task.mean) / task.std), pre_logits=True)
     torch.testing.assert_close(task.eval()(x), task.probe(features))
+
+
+def test_fitting_to_the_data_runs_on_the_tasks_device_whatever_the_default_device():
+    """The Trainer calls configure_model with the accelerator (here: meta) as the default device."""
+    task = ImageClassification({"name": "vit_tiny_patch4_32", "img_size": 16, "depth": 1, "num_classes": 4})
+    dm = synthetic()
+    dm.setup("fit")
+    task._trainer = SimpleNamespace(datamodule=dm)  # what configure_model reads of the Trainer
+    with torch.device("meta"):
+        task.configure_model()  # the datamodule's statistics and the dry forward
+    assert task.mean.device.type == "cpu" and task.hparams.mean == tuple(dm.mean)
