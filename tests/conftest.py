@@ -57,3 +57,26 @@ def fake_torchvision_root(tmp_path) -> Path:
             batch = {"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), key: list(np.arange(20) % classes)}
             (root / folder / name).write_bytes(pickle.dumps(batch))
     return root
+
+
+# The trained MNIST models of the attack agreement tests (tests/attacks), one per test module. Here rather
+# than in a tests/attacks/conftest.py: a second conftest module would shadow this one for
+# `from conftest import trainer`. The builders live beside the PGD agreement test, imported when first used.
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    """The MLP of the PGD, APGD and AutoAttack agreement tests, trained on 4,000 embedded digits."""
+    from test_torchattacks_agreement import trained
+
+    torch.manual_seed(0)  # trained() seeds only after the model's initialisation
+    return trained(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 128), torch.nn.ReLU(),
+                                       torch.nn.Linear(128, 10)), epochs=5)
+
+
+@pytest.fixture(scope="module")
+def seeded_mlp():
+    """The MLP of the Square and FAB-T agreement tests, whose figures were measured on it."""
+    from test_torchattacks_agreement import seeded_mlp as build
+
+    return build()

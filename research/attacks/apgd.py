@@ -60,7 +60,7 @@ from einops import reduce
 from torch import Tensor, nn
 
 from research.attacks.balls import BALLS, l2_norm
-from research.attacks.mode import attack_mode
+from research.attacks.mode import attack_context
 from research.attacks.pgd import _check_args, _check_class_labels, _check_target_classes
 
 #: Section 3.1: the first step size is 2 * eps.
@@ -154,8 +154,8 @@ def apgd(
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; use one of {list(LOSSES)} (APGD-T is apgd_targeted)")
     loss_fn = _cross_entropy if loss == "ce" else dlr_loss
-    with torch.inference_mode(False), torch.enable_grad(), attack_mode(model, eval_mode=eval_mode):
-        attack = _Attack(model, x, y, eps=eps, norm=norm, steps=steps, rho=rho,
+    with attack_context(model, x, y, eval_mode=eval_mode) as (x0, y0):
+        attack = _Attack(model, x0, y0, dtype=x.dtype, eps=eps, norm=norm, steps=steps, rho=rho,
                          min_classes=3 if loss == "dlr" else 2, what=f"APGD with loss={loss!r}")
         for _ in range(restarts):
             attack.run(loss_fn, zero_grad_warning=loss == "dlr")
@@ -203,8 +203,8 @@ def apgd_targeted(
     """
     _check_apgd_args(x, y, eps=eps, steps=steps, norm=norm, restarts=restarts, rho=rho)
     _check_target_classes(target_classes)
-    with torch.inference_mode(False), torch.enable_grad(), attack_mode(model, eval_mode=eval_mode):
-        attack = _Attack(model, x, y, eps=eps, norm=norm, steps=steps, rho=rho, min_classes=4,
+    with attack_context(model, x, y, eval_mode=eval_mode) as (x0, y0):
+        attack = _Attack(model, x0, y0, dtype=x.dtype, eps=eps, norm=norm, steps=steps, rho=rho, min_classes=4,
                          what="APGD-T (its targeted DLR loss)")
         if target_classes >= attack.num_classes:
             raise ValueError(
@@ -224,13 +224,12 @@ class _Attack:
     fooled it, and a robust one the point of highest loss seen so far.
     """
 
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str, steps: int,
-                 rho: float, min_classes: int, what: str) -> None:
-        self.model, self.dtype = model, x.dtype
+    def __init__(self, model: nn.Module, x0: Tensor, y: Tensor, *, dtype: torch.dtype, eps: float, norm: str,
+                 steps: int, rho: float, min_classes: int, what: str) -> None:
+        """``x0`` and ``y`` are the attack's own copies (:func:`attack_context`); ``dtype`` is what the model takes."""
+        self.model, self.dtype = model, dtype
         self.eps, self.norm, self.steps, self.rho = eps, norm, steps, rho
-        # The clone turns an inference tensor into an ordinary one; float32 keeps small steps.
-        self.x0 = x.detach().to(torch.promote_types(x.dtype, torch.float32), copy=True)
-        self.y = y.detach().clone()
+        self.x0, self.y = x0, y
         with torch.no_grad():
             logits = model(self.x0.to(self.dtype))
         self.num_classes = logits.shape[-1] if logits.ndim == 2 else 0
@@ -246,7 +245,7 @@ class _Attack:
         self.robust = logits.argmax(dim=1) == self.y
         # An example misclassified already is its own adversarial point.
         self.adv = self.x0.clone()
-        self.best_loss = torch.full((len(x),), -math.inf, device=x.device)
+        self.best_loss = torch.full((len(x0),), -math.inf, device=x0.device)
 
     def run(self, loss_fn: Callable[..., Tensor], *, target_rank: int | None = None, zero_grad_warning: bool) -> None:
         """One APGD run on the examples still robust.

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import Tensor, nn
 
-from research.attacks.mode import attack_mode
+from research.attacks.mode import attack_context
 from research.attacks.pgd import _check_args, _check_class_labels, _check_target_classes
 
 # AutoAttack's floor on the length of a projection step (fab_base.py: ``a0 = max(a0, 1e-8)``).
@@ -105,10 +105,8 @@ def fab_targeted(
         raise ValueError(f"eta must be a finite number > 0, got {eta!r}; AutoAttack uses 1.05")
     if not (isinstance(beta, int | float) and 0 <= beta <= 1):
         raise ValueError(f"beta must be a number in [0, 1], got {beta!r}; AutoAttack uses 0.9")
-    # Leave inference mode (a Lightning test step runs in it): the attack needs autograd.
-    with torch.inference_mode(False), torch.enable_grad(), attack_mode(model, eval_mode=eval_mode):
-        x0 = x.detach().to(torch.promote_types(x.dtype, torch.float32), copy=True)
-        y = y.clone().long()
+    with attack_context(model, x, y, eval_mode=eval_mode) as (x0, y):
+        y = y.long()
         with torch.no_grad():
             logits = model(x0.to(x.dtype)).float()
         if target_classes > logits.shape[1] - 1:

@@ -1,4 +1,4 @@
-"""The state an attack must leave as it found it: every module's mode and every running statistic."""
+"""What an attack must leave as it found it (modes, running statistics), and the setting every attack runs in."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 
 
@@ -51,3 +51,29 @@ def attack_mode(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Modu
         with torch.no_grad():
             for buf, value in saved:
                 buf.copy_(value)
+
+
+@contextmanager
+def attack_context(model: nn.Module, x: Tensor, y: Tensor, *, eval_mode: bool = True,
+                   grad: bool = True) -> Iterator[tuple[Tensor, Tensor]]:
+    """The setting every attack runs in, with its own copies of the inputs.
+
+    Inference mode is left (a Lightning evaluation step runs in it), so the tensors made inside are
+    ordinary ones that autograd can use; gradients are on (``grad``; off for a query-only attack);
+    the model is in :func:`attack_mode` with ``eval_mode``. The perturbation is kept in float32,
+    where small steps do not vanish; the model is given the input's dtype (half for a half model).
+
+    Args:
+        model: the attacked module.
+        x: (B, ...) the images.
+        y: (B, ...) the labels, or whatever else the attack's loss takes.
+        eval_mode: as :func:`attack_mode`.
+        grad: enable gradients (else disable them).
+
+    Yields:
+        ``(x0, y0)``: ``x`` detached and copied in float32 (float64 for float64 input), and ``y``
+        detached and copied.
+    """
+    with torch.inference_mode(False), torch.enable_grad() if grad else torch.no_grad(), \
+            attack_mode(model, eval_mode=eval_mode):
+        yield x.detach().to(torch.promote_types(x.dtype, torch.float32), copy=True), y.detach().clone()

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from research.attacks.balls import BALLS, L2Ball, LinfBall
-from research.attacks.mode import attack_mode
+from research.attacks.mode import attack_context
 
 #: ``loss_fn(logits, y) -> (B,)`` per-example losses; per example so that restarts can pick.
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -101,12 +101,7 @@ def pgd(
                 restarts=restarts)
     loss_fn = per_example_cross_entropy if loss_fn is None else loss_fn
     ball = BALLS[norm](eps)
-    # Leave inference mode (a Lightning test step runs in it): the attack needs autograd. The
-    # clone turns an inference tensor into an ordinary one. The perturbation is kept in float32,
-    # where small steps do not vanish; the model sees the input's dtype (half for a half model).
-    with torch.inference_mode(False), torch.enable_grad(), attack_mode(model, eval_mode=eval_mode):
-        x0 = x.detach().to(torch.promote_types(x.dtype, torch.float32), copy=True)
-        y = y.clone() if y.is_inference() else y
+    with attack_context(model, x, y, eval_mode=eval_mode) as (x0, y):
         best = best_score = best_fooled = None
         for _ in range(restarts):
             x_adv = ball.random_start(x0) if random_start else x0.clone()

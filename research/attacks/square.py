@@ -51,7 +51,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from research.attacks.mode import attack_mode
+from research.attacks.mode import attack_context
 from research.attacks.pgd import _check_args, _check_class_labels
 
 # AutoAttack's guard against dividing by a zero norm (square.py, ``normalize`` and the L2 window norms).
@@ -112,12 +112,9 @@ def square(
             f"square(norm='l2') needs images of at least 5x5 pixels (its start is a 5x5 grid of squares), "
             f"got {x.shape[-2]}x{x.shape[-1]}; use norm='linf' or larger images"
         )
-    # Leave inference mode (a Lightning test step runs in it) so that the tensors built here are
-    # ordinary ones; no gradient is ever needed. The search runs in float32 (small changes do not
-    # vanish); the model sees the input's dtype.
-    with torch.inference_mode(False), torch.no_grad(), attack_mode(model, eval_mode=eval_mode):
-        x0 = x.detach().to(torch.promote_types(x.dtype, torch.float32), copy=True)
-        y = y.clone().long()
+    # A query-only search: no gradient is ever needed.
+    with attack_context(model, x, y, eval_mode=eval_mode, grad=False) as (x0, y):
+        y = y.long()
         run = _linf_run if norm == "linf" else _l2_run
         result = x0.clone()
         robust = _query(model, x0, y, x.dtype)[1].logical_not()

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from research.attacks.balls import BALLS
-from research.attacks.mode import attack_mode
+from research.attacks.mode import attack_context, attack_mode
 from research.attacks.pgd import LossFn, _check_args, ascend
 
 # Zhang et al.'s start: x + 0.001 * N(0, I).
@@ -111,9 +111,7 @@ def _from_small_noise(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, *
                       steps: int, norm: str, eval_mode: bool) -> Tensor:
     """``steps`` ascent steps of ``loss_fn(model(x'), y)`` from ``x + 0.001 * N(0, I)``, then projected once more."""
     ball = BALLS[norm](eps)
-    with torch.inference_mode(False), torch.enable_grad(), attack_mode(model, eval_mode=eval_mode):
-        x0 = x.detach().to(torch.promote_types(x.dtype, torch.float32), copy=True)
-        y = y.clone() if y.is_inference() else y
+    with attack_context(model, x, y, eval_mode=eval_mode) as (x0, y):
         x_adv = x0 + _START_STD * torch.randn_like(x0)
         x_adv = ascend(model, x0, x_adv, y, loss_fn, ball, step_size=step_size, steps=steps, dtype=x.dtype)
         # steps = 0: the start itself, brought into the ball and [0, 1] as the references' final clamp does

@@ -18,7 +18,9 @@ def ddp_runs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(SCRIPT.parent), os.environ.get("PYTHONPATH", "")]),
+        # the repository, the script's helpers, and tests/ for the conftest helpers they import
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(SCRIPT.parent), str(SCRIPT.parent.parent),
+                                       os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",  # two processes on a small machine: no thread oversubscription
         "WANDB_MODE": "disabled",
     }
