@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from research.models import build_model
+from research.models.protocols import require
 from research.tasks.checks import check_checkpoint
 from research.tasks.optim import OptimizerSettings, configure_optimization, learning_rate
 
@@ -44,15 +45,24 @@ class Task(L.LightningModule):
     #: model-spec keys that the data knows (a tokenizer's vocab_size, ...): a spec without them is
     #: built when the Trainer starts (:meth:`build_sized`), and checkpoints record the values.
     sizes_from_data: ClassVar[tuple[str, ...]] = ()
+    #: the protocol of research.models.protocols that the model implements, and how a message names
+    #: such a model; None takes any module.
+    model_contract: ClassVar[tuple[type, str] | None] = None
 
     def __init__(self, optim: OptimizerSettings | Mapping[str, Any]) -> None:
         super().__init__()
         self.optim = self.default_optim.updated(optim)
         self.lr: float | None = None  # the peak learning rate in use, set by configure_optimizers
-
-    def save_hyperparameters(self, *args, ignore: Sequence[str] | str | None = None, frame=None, logger=True) -> None:
-        """Lightning's, with ``optim`` saved whole as a plain dict, so that a checkpoint loads with ``weights_only``."""
-        super().save_hyperparameters(*args, ignore=ignore, frame=frame or inspect.currentframe().f_back, logger=logger)
+        # The arguments of every constructor up to here are the hyperparameters, but for modules given
+        # as such (their weights are in the checkpoint) and with optim whole, as a plain dict (so a
+        # checkpoint loads with weights_only).
+        caller, frames = inspect.currentframe().f_back, []
+        while caller is not None and caller.f_locals.get("self") is self:
+            frames.append(caller)
+            caller = caller.f_back
+        modules = {name for f in frames for name, value in f.f_locals.items()
+                   if isinstance(value, nn.Module) and value is not self}
+        self.save_hyperparameters(ignore=sorted(modules), frame=frames[0])
         self.hparams["optim"] = self._hparams_initial["optim"] = asdict(self.optim)
 
     @property
@@ -79,8 +89,16 @@ class Task(L.LightningModule):
         """Build what depends on the data and check that the model fits it; a mismatch stops here with what to change.
 
         Called once per run (and again by each later ``fit``/``validate``/``test``: idempotent).
-        ``datamodule`` is None when the task runs on bare dataloaders. The default does nothing.
+        ``datamodule`` is None when the task runs on bare dataloaders. Builds a model that waits for
+        sizes from the data (:meth:`build_sized`), then runs :meth:`check_data`.
         """
+        if self.sizes_from_data:
+            self.build_sized(datamodule)
+        if datamodule is not None:
+            self.check_data(datamodule)
+
+    def check_data(self, datamodule: L.LightningDataModule) -> None:
+        """Stop, saying what to change, when the model does not fit ``datamodule``; by default nothing is checked."""
 
     def init_model(self, model: nn.Module | dict | str) -> None:
         """Build the model now, or leave it to :meth:`build_sized` when its spec lacks one of ``sizes_from_data``."""
@@ -89,8 +107,20 @@ class Task(L.LightningModule):
             self.build(model)
 
     def build(self, spec: nn.Module | dict | str) -> None:
-        """Build the model from ``spec`` (and what depends on its sizes, such as metrics)."""
-        self.model = build_model(spec)
+        """Build the model from ``spec``, check it against ``model_contract``, then :meth:`build_metrics`.
+
+        Raises:
+            ValueError: an unknown model name, or a model that lacks a member of the contract.
+        """
+        model = build_model(spec)
+        if self.model_contract is not None:
+            protocol, kind = self.model_contract
+            require(model, protocol, f"{type(self).__name__} needs {kind}")
+        self.model = model
+        self.build_metrics()
+
+    def build_metrics(self) -> None:
+        """Build what depends on the model's sizes (its metrics), once the model exists; by default nothing."""
 
     def build_sized(self, datamodule: L.LightningDataModule | None) -> None:
         """Build the model, unless built, from its spec completed with the sizes the data knows (:meth:`data_sizes`)."""
@@ -162,7 +192,8 @@ class ImageTask(Task):
         return x * self.std + self.mean if self.mean.numel() else x
 
     def fit_to_data(self, datamodule: L.LightningDataModule | None) -> None:
-        """Adopt the datamodule's mean/std unless given, then run the model on a blank image of the data's shape."""
+        """:meth:`check_data`, adopt the datamodule's mean/std unless given, run the model on a blank image."""
+        super().fit_to_data(datamodule)
         if datamodule is None:
             return
         if not self.mean.numel() and getattr(datamodule, "mean", None) is not None:

@@ -18,7 +18,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from research.checkpoint_file import load_checkpoint
-from research.models import build_model, import_weights
+from research.models import import_weights
 from research.models.protocols import FeatureClassifier, require
 from research.tasks.base import ImageTask
 from research.tasks.checks import check_checkpoint
@@ -71,8 +71,7 @@ class ImageClassification(ImageTask):
         linear_probe: bool = False,
     ) -> None:
         super().__init__(optim)
-        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
-        self.model = build_model(model)
+        self.init_model(model)
         self.num_classes = num_classes or getattr(self.model, "num_classes", None)
         if not self.num_classes:
             raise ValueError("cannot tell the number of classes: pass num_classes to the task")
@@ -160,9 +159,9 @@ class ImageClassification(ImageTask):
         """
         return self._logits(self.normalize(x))
 
-    def fit_to_data(self, dm: L.LightningDataModule | None) -> None:
-        """Check the model's classes against the datamodule's, then adopt its mean/std and run one blank image."""
-        data_classes = getattr(dm, "num_classes", None) if dm is not None else None
+    def check_data(self, dm: L.LightningDataModule) -> None:
+        """The model's classes against the datamodule's."""
+        data_classes = getattr(dm, "num_classes", None)
         if data_classes is not None and data_classes != self.num_classes:
             named = getattr(dm, "class_names", None)
             if data_classes > self.num_classes and named and list(named) == [str(i) for i in range(data_classes)]:
@@ -178,7 +177,6 @@ class ImageClassification(ImageTask):
                 f"the model predicts {self.num_classes} classes but {type(dm).__name__} has {data_classes}; "
                 f"set num_classes: {data_classes} in the model's config"
             )
-        super().fit_to_data(dm)
 
     def dry_run(self, image: torch.Tensor) -> torch.Tensor:
         return self(image)

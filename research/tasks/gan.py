@@ -91,8 +91,6 @@ class GAN(Task):
         eval_seed: int = 0,
     ) -> None:
         super().__init__(optim)
-        self.save_hyperparameters(ignore=[n for n, m in (("generator", generator), ("discriminator", discriminator))
-                                          if isinstance(m, nn.Module)])
         self.automatic_optimization = False  # two optimizers, stepped in turn (Algorithm 1)
         self.generator, self.discriminator = build_model(generator), build_model(discriminator)
         self.latent_dim = getattr(self.generator, "latent_dim", None)

@@ -15,9 +15,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from research.models import build_model
 from research.models.mae import num_visible
-from research.models.protocols import MaskedAutoencoder, require
+from research.models.protocols import MaskedAutoencoder
 from research.tasks.base import ImageTask
 from research.tasks.optim import OptimizerSettings
 
@@ -84,6 +83,8 @@ class MAEPretraining(ImageTask):
             and cosine decay to 0.
     """
 
+    model_contract = (MaskedAutoencoder, "a masked autoencoder (e.g. mae_vit_base_patch16; a classifier is trained "
+                      "with ImageClassification)")
     default_optim = OptimizerSettings(name="adamw", lr=1.5e-4, reference_batch=256, weight_decay=0.05,
                                       betas=(0.9, 0.95), schedule="cosine", warmup_epochs=40.0)
 
@@ -98,10 +99,7 @@ class MAEPretraining(ImageTask):
         optim: OptimizerSettings = default_optim,
     ) -> None:
         super().__init__(optim)
-        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
-        self.model = build_model(model)
-        require(self.model, MaskedAutoencoder, "MAEPretraining needs a masked autoencoder (e.g. mae_vit_base_patch16; "
-                "a classifier is trained with ImageClassification)")
+        self.init_model(model)
         if mask_ratio is not None:
             num_visible(self.model.num_patches, mask_ratio)  # a bad ratio stops before training
         self.init_normalization(mean, std)

@@ -23,8 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from research.data.mlm import IGNORE_INDEX
 from research.metrics import MostFrequentAccuracy
-from research.models import build_model
-from research.models.protocols import MaskedLanguageModel, require
+from research.models.protocols import MaskedLanguageModel
 from research.tasks.base import Task
 from research.tasks.checks import check_max_length, check_vocabulary
 from research.tasks.optim import OptimizerSettings
@@ -51,19 +50,16 @@ class MaskedLanguageModelling(Task):
     """
 
     sizes_from_data = ("vocab_size",)
+    model_contract = (MaskedLanguageModel, "a BERT-style model (e.g. bert_tiny)")
     default_optim = OptimizerSettings(name="adamw", lr=1e-4, weight_decay=0.01, schedule="linear", warmup_steps=10_000)
 
     def __init__(self, model: dict | str | nn.Module, *, optim: OptimizerSettings = default_optim) -> None:
         super().__init__(optim)
-        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
         self.init_model(model)
 
-    def build(self, spec: nn.Module | dict | str) -> None:
-        model = build_model(spec)
-        require(model, MaskedLanguageModel, "MaskedLanguageModelling needs a BERT-style model (e.g. bert_tiny)")
-        self.model = model
-        vocab = model.vocab_size
-        self.nsp = getattr(model, "next_sentence", None) is not None
+    def build_metrics(self) -> None:
+        vocab = self.model.vocab_size
+        self.nsp = getattr(self.model, "next_sentence", None) is not None
 
         def metrics() -> nn.ModuleDict:
             stage = {
@@ -78,19 +74,13 @@ class MaskedLanguageModelling(Task):
 
         self.eval_metrics = nn.ModuleDict({"val": metrics(), "test": metrics()})
 
-    def fit_to_data(self, dm: L.LightningDataModule | None) -> None:
-        """Build the model now if its vocabulary size had to come from the datamodule; check it against the data."""
-        self.build_sized(dm)
-        if dm is not None:
-            self._check_data(dm)
-
     def data_sizes(self, dm: L.LightningDataModule | None) -> dict[str, int]:
         if dm is None or not hasattr(dm, "vocab_size"):
             raise ValueError("the model spec has no vocab_size and there is no text datamodule to take it from; "
                              "add vocab_size to the model spec")
         return {"vocab_size": dm.vocab_size}
 
-    def _check_data(self, dm) -> None:
+    def check_data(self, dm: L.LightningDataModule) -> None:
         check_vocabulary(self.model.vocab_size, getattr(dm, "vocab_size", None))
         check_max_length(getattr(dm, "max_length", None), self.model.max_positions)
         if getattr(dm, "next_sentence_prediction", False) and not self.nsp:

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
-from research.models import build_model
 from research.tasks.base import Task
 from research.tasks.optim import OptimizerSettings
 
@@ -35,8 +34,7 @@ class Regression(Task):
 
     def __init__(self, model: dict | str | nn.Module, *, optim: OptimizerSettings = default_optim) -> None:
         super().__init__(optim)
-        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
-        self.model = build_model(model)
+        self.init_model(model)
         self._targets_checked = False
 
         def metrics(prefix: str) -> MetricCollection:
@@ -56,7 +54,7 @@ class Regression(Task):
         """
         return self.model(x)
 
-    def fit_to_data(self, dm: L.LightningDataModule | None) -> None:
+    def check_data(self, dm: L.LightningDataModule) -> None:
         """A model whose widths do not match the data stops here, before any step runs."""
         for name in ("in_features", "out_features"):
             ours, theirs = getattr(self.model, name, None), getattr(dm, name, None)

@@ -19,8 +19,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from research.metrics import MostFrequentAccuracy
-from research.models import build_model
-from research.models.protocols import SequenceClassifier, require
+from research.models.protocols import SequenceClassifier
 from research.tasks.base import Task
 from research.tasks.optim import OptimizerSettings
 
@@ -46,19 +45,16 @@ class SequenceClassification(Task):
     """
 
     sizes_from_data = ("vocab_size", "num_classes")
+    model_contract = (SequenceClassifier, "a sequence classifier (e.g. gru_classifier)")
     default_optim = OptimizerSettings(name="adamw", lr=1e-3, weight_decay=0.01, schedule="constant")
     checkpoint_monitor = ("val/acc", "max")
 
     def __init__(self, model: dict | str | nn.Module, *, optim: OptimizerSettings = default_optim) -> None:
         super().__init__(optim)
-        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
         self.init_model(model)
 
-    def build(self, spec: nn.Module | dict | str) -> None:
-        model = build_model(spec)
-        require(model, SequenceClassifier, "SequenceClassification needs a sequence classifier (e.g. gru_classifier)")
-        self.model = model
-        classes = model.num_classes
+    def build_metrics(self) -> None:
+        classes = self.model.num_classes
 
         def metrics() -> nn.ModuleDict:
             # average="micro" is plain accuracy; torchmetrics' default (macro) averages per class
@@ -72,12 +68,6 @@ class SequenceClassification(Task):
         self.train_acc = MulticlassAccuracy(classes, average="micro")
         self.eval_metrics = nn.ModuleDict({"val": metrics(), "test": metrics()})
 
-    def fit_to_data(self, dm: L.LightningDataModule | None) -> None:
-        """Build the model now if its sizes had to come from the datamodule; check it against the data."""
-        self.build_sized(dm)
-        if dm is not None:
-            self._check_data(dm)
-
     def data_sizes(self, dm: L.LightningDataModule | None) -> dict[str, int]:
         spec = self.hparams.model if isinstance(self.hparams.model, dict) else {}
         needed = [key for key in self.sizes_from_data if key not in spec and not hasattr(dm, key)]
@@ -88,7 +78,7 @@ class SequenceClassification(Task):
             )
         return {key: getattr(dm, key) for key in _FROM_DATA if hasattr(dm, key)}
 
-    def _check_data(self, dm) -> None:
+    def check_data(self, dm: L.LightningDataModule) -> None:
         for key, advice in (
             ("vocab_size", "a checkpoint only fits the character vocabulary it was trained with (the same corpus)"),
             ("num_classes", "set num_classes to the datamodule's number of classes"),

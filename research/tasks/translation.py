@@ -32,9 +32,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.text import SacreBLEUScore
 
-from research.models import build_model
 from research.models.decoding import beam_search, greedy_decode
-from research.models.protocols import Seq2SeqModel, require
+from research.models.protocols import Seq2SeqModel
 from research.tasks.base import Task
 from research.tasks.checks import check_max_length, check_vocabulary
 from research.tasks.optim import OptimizerSettings
@@ -101,6 +100,7 @@ class Translation(Task):
     """
 
     sizes_from_data = ("vocab_size", "pad_id")
+    model_contract = (Seq2SeqModel, "a seq2seq model (e.g. transformer_small, gru_attention)")
     default_optim = OptimizerSettings(name="adamw", lr=1.0, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0,
                                       schedule="inverse_sqrt", warmup_steps=4000)
     checkpoint_monitor = ("val/bleu", "max")
@@ -123,7 +123,6 @@ class Translation(Task):
         eos_id: int | None = None,
     ) -> None:
         super().__init__(optim)
-        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}; the paper uses 0.1")
         for name in ("val_bleu_samples", "test_bleu_samples"):
@@ -135,24 +134,19 @@ class Translation(Task):
         self._decode_every = {"val": 1, "test": 1}
         self._samples: dict[str, list[tuple[int, str, str, str]]] = {"val": [], "test": []}
 
-    def build(self, spec: nn.Module | dict | str) -> None:
-        model = build_model(spec)
-        require(model, Seq2SeqModel, "Translation needs a seq2seq model (e.g. transformer_small, gru_attention)")
-        self.model = model
-
+    def build_metrics(self) -> None:
         def metrics() -> nn.ModuleDict:
             return nn.ModuleDict({"loss": MeanMetric(), "nll": MeanMetric(), "bleu": SacreBLEUScore()})
 
         self.eval_metrics = nn.ModuleDict({"val": metrics(), "test": metrics()})
 
     def fit_to_data(self, dm: L.LightningDataModule | None) -> None:
-        """Build the model now if its vocabulary had to come from the datamodule; check it against the data."""
-        self.build_sized(dm)
+        """Build the model if its vocabulary comes from the data, check it, take BOS/EOS from the tokenizer."""
+        super().fit_to_data(dm)
         if dm is not None and hasattr(dm, "special_tokens"):
             for name, token in (("bos_id", dm.special_tokens.cls), ("eos_id", dm.special_tokens.sep)):
                 if self.hparams[name] is None:
                     self.hparams[name] = token
-            self._check_data(dm)
 
     def data_sizes(self, dm: L.LightningDataModule | None) -> dict[str, int]:
         if dm is None or not hasattr(dm, "vocab_size"):
@@ -160,7 +154,9 @@ class Translation(Task):
                              "them from; add vocab_size and pad_id to the model spec")
         return {"vocab_size": dm.vocab_size, "pad_id": dm.special_tokens.pad}
 
-    def _check_data(self, dm) -> None:
+    def check_data(self, dm: L.LightningDataModule) -> None:
+        if not hasattr(dm, "special_tokens"):  # not a translation datamodule: nothing to compare
+            return
         check_vocabulary(self.model.vocab_size, getattr(dm, "vocab_size", None))
         pad = dm.special_tokens.pad
         if pad != self.model.pad_id:
