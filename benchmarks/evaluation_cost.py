@@ -3,11 +3,11 @@
     python benchmarks/evaluation_cost.py --config configs/reproduce/mnist_wong_pgd7.yaml \
         --ckpt_path checkpoints/reproduce/mnist_wong_pgd7/last.ckpt [--num_samples 100] [--eps 0.3]
 
-Train the default checkpoint first with ``python -m research.fit fit --config
+Train the default checkpoint first with ``python -m research fit --config
 configs/reproduce/mnist_wong_pgd7.yaml`` (an adversarially trained model: on a model without
 robustness the ensemble stops after APGD-CE, since each of its attacks runs only on the examples
 still robust, and costs little). On the same ``num_samples`` test examples (the seeded draw of
-``research.attack``), one after the other in one process: PGD-40 (step 2.5 eps / 40, random start),
+``python -m research attack``), one after the other in one process: PGD-40 (step 2.5 eps / 40, random start),
 APGD-CE with 100 steps and the standard AutoAttack ensemble. Printed: the robust accuracy each finds
 and its process CPU time as a ratio to PGD-40's (CPU time, because the machine may be shared).
 """
@@ -19,8 +19,9 @@ import time
 
 import torch
 
-from research.attack import load, sample_loader
 from research.attacks import apgd, autoattack_ensemble, pgd
+from research.attacks.evaluation import sample_loader
+from research.commands.load import load_run
 
 
 def main() -> None:
@@ -32,7 +33,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, datamodule = load(args.config, args.ckpt_path)
+    run = load_run(args.config, args.ckpt_path)
+    model, datamodule = run.task, run.datamodule
     batches = list(sample_loader(datamodule, split="test", num_samples=args.num_samples, seed=0))
     eps = args.eps
 

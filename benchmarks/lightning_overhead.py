@@ -1,10 +1,10 @@
-"""Lightning overhead: research.fit's ImageClassification vs a raw PyTorch loop, same model/data/batches.
+"""Lightning overhead: the fit command's ImageClassification vs a raw PyTorch loop, same model/data/batches.
 
     python benchmarks/lightning_overhead.py [--model resnet20] [--steps 60] [--batch-size 128] [--repeats 3]
 
 Both sides train the same initial weights on the same batches (the embedded MNIST digits, the
 quick-start job) with the same optimizer and per-step cosine schedule. The Lightning side runs the
-task exactly as research.fit does (metrics, logging to a CSV logger, rich progress bar); the raw loop
+task exactly as python -m research fit does (metrics, logging to a CSV logger, rich progress bar); the raw loop
 normalises, forwards, backwards and steps. Steady-state time per step is taken between the first
 ``--warmup`` steps and the last one, and the two are measured alternately ``--repeats`` times; the
 medians are compared. Goal: ratio <= 1.05.

@@ -1,7 +1,7 @@
 """Load a checkpoint file safely, or stop with ``not a checkpoint: <path> (<why>)``.
 
 Every checkpoint a user names (``--ckpt_path``, a distillation teacher, a ``pretrained`` path, the
-file given to research.attack and research.quantize) is read through :func:`load_checkpoint`:
+file given to the attack and quantize commands) is read through :func:`load_checkpoint`:
 with ``weights_only=True`` (no code in the file runs), and with a message that says what the file
 is instead of torch's (which, for a file that is not a checkpoint at all, suggests an unsafe load).
 """
@@ -35,7 +35,7 @@ def _why_unreadable(err: Exception) -> str:
 def writer_of(path: str | Path) -> str:
     """The command that writes the run checkpoint ``path``, as far as the path tells.
 
-    ``python -m research.fit fit --config configs/<experiment>.yaml`` writes
+    ``python -m research fit --config configs/<experiment>.yaml`` writes
     ``checkpoints/<experiment>/last.ckpt`` (and ``best-*.ckpt``), so a path under ``checkpoints/``
     names its config; other paths get the general form.
     """
@@ -43,8 +43,8 @@ def writer_of(path: str | Path) -> str:
     if "checkpoints" in parts[:-1]:
         experiment = "/".join(parts[parts.index("checkpoints") + 1 : -1])
         if experiment:
-            return f"python -m research.fit fit --config configs/{experiment}.yaml"
-    return "python -m research.fit fit --config CONFIG (it writes checkpoints/<family>/<name>/last.ckpt)"
+            return f"python -m research fit --config configs/{experiment}.yaml"
+    return "python -m research fit --config CONFIG (it writes checkpoints/<family>/<name>/last.ckpt)"
 
 
 def missing_checkpoint(path: str | Path, what: str = "checkpoint") -> FileNotFoundError:
@@ -85,11 +85,11 @@ def load_checkpoint(path: str | Path, *, what: str = "checkpoint", lightning: bo
     if not isinstance(content, dict):
         raise UserError(
             f"not a checkpoint: {path} (it holds a {type(content).__name__}, not a mapping of names to tensors "
-            "such as a checkpoint of python -m research.fit or a state dict)"
+            "such as a checkpoint of python -m research fit or a state dict)"
         )
     if lightning and "state_dict" not in content:
         raise UserError(
             f"not a checkpoint: {path} (a mapping without 'state_dict', such as a bare state dict: give a "
-            "checkpoint written by python -m research.fit)"
+            "checkpoint written by python -m research fit)"
         )
     return content

@@ -1,6 +1,6 @@
 """A mistake a user can make ends a command with one line; anything else with its full traceback.
 
-The convention, for every ``python -m research.<command>``:
+The convention, for every ``python -m research <command>``:
 
 - :class:`UserError` (a ``ValueError``) says what was wrong in what the user gave (an option, a
   file, the data) and what to do. Raise it for new checks.
@@ -15,8 +15,9 @@ jsonargparse builds the task and the datamodule inside its type checks and wraps
 constructors raise in "Does not validate against any of the Union subtypes ... Errors: - ...";
 the message that counts is found by walking the chain of causes (:func:`user_message`).
 
-Each command's ``if __name__ == "__main__"`` goes through :func:`run_command`, so ``main()`` keeps
-raising for tests and for Python callers. ``RESEARCH_TRACEBACK=1`` shows the full traceback.
+``python -m research <command>`` (:func:`research.commands.main`) runs every command through
+:func:`run_command`, so each command's ``main()`` keeps raising for tests and for Python callers.
+``RESEARCH_TRACEBACK=1`` shows the full traceback.
 """
 
 from __future__ import annotations

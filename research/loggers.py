@@ -1,14 +1,32 @@
-"""Loggers with what Lightning's lack: a resumed CSV log, a wandb run that starts without noise."""
+"""Loggers with what Lightning's lack: a resumed CSV log, a wandb run that starts without noise and never prompts."""
 
 from __future__ import annotations
 
 import csv
+import netrc
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+
+LOG_ROOT = Path("logs")  # where runs log: logs/wandb, logs/csv/<experiment>/
+
+
+def wandb_mode() -> str:
+    """'online' only when the user is logged in; WANDB_MODE always wins; otherwise 'offline' (never prompts)."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (FileNotFoundError, netrc.NetrcParseError):
+        pass
+    return "offline"
 
 
 class WandbLogger(_LightningWandbLogger):

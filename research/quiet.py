@@ -31,7 +31,7 @@ def silence_known_noise() -> None:
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     # Printed at every Trainer start unless a LitLogger is used; Lightning has no option to turn it off.
     rank_zero.addFilter(_DropMessage("💡 Tip: For seamless cloud"))
-    # research.fit adds its own model summary (research.callbacks.summary); Lightning says so at every start.
+    # the fit command adds its own model summary (research.callbacks.summary); Lightning says so at every start.
     rank_zero.addFilter(_DropMessage("Trainer already configured with model summary callbacks"))
     # lightning/pytorch/utilities/_pytree.py builds a LeafSpec, which torch >= 2.9 deprecates; Lightning's to fix.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",

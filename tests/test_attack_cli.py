@@ -1,4 +1,4 @@
-"""``python -m research.attack``: a trained checkpoint's clean and robust accuracy per attack and eps."""
+"""``python -m research attack``: a trained checkpoint's clean and robust accuracy per attack and eps."""
 
 import io
 import json
@@ -12,10 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-import research.attack
-from research.attack import ATTACKS, AttackSettings, main, markdown, register_attack, robust_accuracy
+from research.attacks import fgsm, registry
+from research.attacks.evaluation import markdown, robust_accuracy
+from research.attacks.registry import ATTACKS, AttackSettings, register_attack
+from research.commands.attack import main
+from research.commands.fit import main as fit
 from research.errors import UserError
-from research.fit import main as fit
 
 CONFIG = """
 seed_everything: 0
@@ -54,7 +56,7 @@ def trained(tmp_path_factory, _one_thread):
     cwd = os.getcwd()
     os.chdir(folder)  # checkpoints/ lands in the test's folder
     try:
-        with mock.patch.object(sys, "argv", ["research.fit"]):  # pytest's own arguments are not the CLI's
+        with mock.patch.object(sys, "argv", ["research"]):  # pytest's own arguments are not the CLI's
             fit(["fit", "--config", str(config), "--test_after_fit", "false", "--experiment", "tiny"])
     finally:
         os.chdir(cwd)
@@ -128,8 +130,6 @@ def test_clear_errors(trained, tmp_path):
 
 
 def test_robust_never_exceeds_clean_even_where_the_attack_fixes_a_mistake(monkeypatch):
-    import research.attack
-
     class Brightness(torch.nn.Module):
         """Class 0 for bright images, class 1 for dark ones."""
 
@@ -139,8 +139,8 @@ def test_robust_never_exceeds_clean_even_where_the_attack_fixes_a_mistake(monkey
 
     x, y = torch.full((4, 1, 2, 2), 0.45), torch.zeros(4, dtype=torch.long)  # all misclassified clean
     # An "attack" that brightens, fixing every mistake: the attacker could have kept x instead.
-    monkeypatch.setattr(research.attack, "pgd", lambda model, x, y, **kw: (x + 0.1).clamp(0, 1))
-    rows = research.attack.robust_accuracy(Brightness(), [(x, y)], attacks=["pgd"], eps=[0.3], steps=3)
+    monkeypatch.setattr(registry, "pgd", lambda model, x, y, **kw: (x + 0.1).clamp(0, 1))
+    rows = robust_accuracy(Brightness(), [(x, y)], attacks=["pgd"], eps=[0.3], steps=3)
     assert Brightness()(x + 0.1).argmax(-1).eq(0).all()
     assert rows[0]["accuracy"] == 0 and rows[1]["accuracy"] == 0
 
@@ -156,7 +156,7 @@ def test_the_issues_example_an_attack_that_fixes_a_mistake_counts_nothing():
 
     x, y = torch.full((1, 1, 4, 4), 0.5), torch.zeros(1, dtype=torch.long)
     assert Sine()(x).argmax(-1).item() == 1
-    assert Sine()(research.attack.fgsm(Sine(), x, y, eps=0.3)).argmax(-1).item() == 0  # the attack "fixes" it
+    assert Sine()(fgsm(Sine(), x, y, eps=0.3)).argmax(-1).item() == 0  # the attack "fixes" it
     rows = robust_accuracy(Sine(), [(x, y)], attacks=["fgsm", "pgd"], eps=[0.3], steps=1, step_size=0.3)
     assert [r["correct"] for r in rows] == [0, 0, 0]
 
@@ -210,7 +210,7 @@ def test_a_missing_matplotlib_is_one_clear_error_before_any_work(trained, monkey
 
 
 def test_an_attack_added_to_the_registry_runs_with_no_other_change(trained, monkeypatch, capsys):
-    monkeypatch.setattr(research.attack, "ATTACKS", dict(ATTACKS))
+    monkeypatch.setattr(registry, "ATTACKS", dict(ATTACKS))
 
     @register_attack("corners", cost=lambda s: 0)
     def corners(model, x, y, eps, norm, settings):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from research.attack import wilson_interval
-from research.attack_plot import log_to_wandb, plot_robust_accuracy
+from research.attacks.evaluation import wilson_interval
+from research.attacks.plot import log_to_wandb, plot_robust_accuracy
 
 
 def row(attack, eps, correct, total=200, **kw):

@@ -1,4 +1,4 @@
-"""The sanity panel of ``python -m research.attack``: the signs of gradient masking (issue 14, item 3).
+"""The sanity panel of ``python -m research attack``: the signs of gradient masking (issue 14, item 3).
 
 A normal model trained in the test (an MLP on 2,000 embedded MNIST digits, under a second) passes
 every check; the same model behind a quantisation of its input (round to 1/255: the gradient is
@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import research.attack
-from research.attack import rise_p_value, sanity_markdown, sanity_panel
+from research.attacks import registry
+from research.attacks.sanity import rise_p_value, sanity_markdown, sanity_panel
 from research.data import EmbeddedMNISTDataModule
 
 CHECKS = ("more steps do not raise accuracy", "more restarts do not raise accuracy",
@@ -108,8 +108,8 @@ def fake_attacks(monkeypatch, pgd_fools, fgsm_fools=lambda: False):
     def pgd(model, x, y, *, eps, step_size, steps, norm, restarts):
         return 1 - x if pgd_fools(eps=eps, steps=steps, restarts=restarts) else x
 
-    monkeypatch.setattr(research.attack, "pgd", pgd)
-    monkeypatch.setattr(research.attack, "fgsm", lambda model, x, y, *, eps: 1 - x if fgsm_fools() else x)
+    monkeypatch.setattr(registry, "pgd", pgd)
+    monkeypatch.setattr(registry, "fgsm", lambda model, x, y, *, eps: 1 - x if fgsm_fools() else x)
 
 
 FAILURES = {
@@ -141,13 +141,13 @@ def test_a_rise_within_the_noise_of_random_starts_passes(monkeypatch):
     """PGD-100 leaves 2 of 100 examples correct that PGD-10 fooled: p = 0.25, not a warning."""
     fake_attacks(monkeypatch, pgd_fools=lambda eps, steps, restarts: True)
     x, y = torch.full((100, 1, 2, 2), 0.7), torch.zeros(100, dtype=torch.long)
-    real = research.attack.pgd
+    real = registry.pgd
 
     def pgd(model, x, y, *, steps, **kw):
         fooled = real(model, x, y, steps=steps, **kw)
         return torch.where(torch.arange(len(x)).view(-1, 1, 1, 1) < 2, x, fooled) if steps == 100 else fooled
 
-    monkeypatch.setattr(research.attack, "pgd", pgd)
+    monkeypatch.setattr(registry, "pgd", pgd)
     steps = sanity_panel(Brightness(), [(x, y)], eps=0.3)[0]
     assert steps["correct"] == [0, 0, 2] and steps["passed"] and steps["p_value"] == pytest.approx(0.25)
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from research.callbacks.checkpoint import AtomicCheckpointIO, read_checkpoint
+from research.commands.fit import main
 from research.errors import run_command
-from research.fit import main
 
 
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["research.fit"])
+    monkeypatch.setattr(sys, "argv", ["research"])
 
 
 def _fail_half_way(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,13 +15,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from research.callbacks import ModelCheckpoint
 from research.callbacks.checkpoint import best_checkpoint, logger_ids
-from research.fit import main
+from research.commands.fit import main
 
 
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["research.fit"])
+    monkeypatch.setattr(sys, "argv", ["research"])
 
 
 class BestFirst(L.LightningModule):
@@ -96,7 +96,8 @@ def test_ckpt_path_best_in_a_later_process_is_the_recorded_best(tmp_path):
 
 
 def test_fit_docstring_test_best_command_runs(tmp_path):
-    """research/fit.py's docstring: fit, then `test --config configs/cnn/mnist_five_layer_cnn.yaml --ckpt_path best`."""
+    """research/commands/fit.py's docstring: fit, then `test --config configs/cnn/mnist_five_layer_cnn.yaml
+    --ckpt_path best`."""
     config = str(ROOT / "configs/cnn/mnist_five_layer_cnn.yaml")
     tiny = [*QUIET, "--trainer.logger", "false", "--trainer.limit_train_batches", "2",
             "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"]

@@ -9,7 +9,8 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from research.fit import main, wandb_mode
+from research.commands.fit import main
+from research.loggers import wandb_mode
 from research.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ SYNTHETIC = [
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # checkpoints/ and logs/ land in the test's folder
-    monkeypatch.setattr(sys, "argv", ["research.fit"])  # pytest's own arguments are not ours
+    monkeypatch.setattr(sys, "argv", ["research"])  # pytest's own arguments are not ours
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
@@ -233,7 +234,7 @@ def test_wandb_is_offline_unless_logged_in(monkeypatch, tmp_path):
 
 
 def test_unknown_config_key_is_rejected():
-    with pytest.raises(ArgumentError, match="lrr"):  # python -m research.fit prints it as one line
+    with pytest.raises(ArgumentError, match="lrr"):  # python -m research fit prints it as one line
         main(
             [
                 "fit",

@@ -3,13 +3,13 @@
 The commands are read from the docs themselves, so one added later is run without a change here:
 
 * README.md: every line of its ```bash blocks (backslash continuations joined, ``# comments``
-  dropped, ``a && b`` split), every inline code span ``python -m research... ARGS`` (a bare module
-  name is no command), and each ```python block, run as a whole;
+  dropped, ``a && b`` split), every inline code span ``python -m research COMMAND ARGS`` (a bare
+  command name is no command line), and each ```python block, run as a whole;
 * every docstring (module, class, function) under research/: lines starting with
   ``python -m research``, joined over backslash continuations; usage brackets are expanded
   (``[--quick]`` -> ``--quick``, ``[--mode auto|dynamic|static]`` -> ``--mode auto``).
 
-Each command runs in-process (``research.fit.main``, ``research.attack.main``, ...) at tiny
+Each command runs in-process (through ``research.commands.dispatch``, as ``python -m research`` runs it) at tiny
 settings appended to its own arguments (one epoch of two batches, two PGD steps, ``--quick``),
 in a working folder per source with ``configs/`` linked in, in the documented order: a command
 that reads a checkpoint finds what the commands above it wrote, as a reader following the text
@@ -66,11 +66,12 @@ TINY_DATA = {
 }  # fmt: skip
 # Checkpoints the docs read without showing the fit that writes them, with where they are read.
 PREREQUISITES = {
-    "cnn/mnist_five_layer_cnn": "the attack and quantize examples (README, research/attack.py, research/quantize.py)",
+    "cnn/mnist_five_layer_cnn": "the attack and quantize examples (README, research/commands/attack.py, "
+                                "research/commands/quantize.py)",
     "resnet/mnist_resnet18": "the teacher of the README's distillation command",
 }
 TINY_ATTACK = ["--num_samples", "8", "--batch_size", "8", "--steps", "2"]
-TINY_QUANTIZE = ["--repeats", "1", "--calibration-batches", "1"]
+TINY_QUANTIZE = ["--repeats", "1", "--calibration_batches", "1"]
 
 
 @dataclass
@@ -144,8 +145,8 @@ def readme_commands(path: Path = README) -> list[Command]:
         if fence is not None:
             block.append((number, line))
             continue
-        for inline in re.findall(r"`(python -m research\.[^`]*)`", line):
-            if len(shlex.split(inline)) > 3:  # a bare `python -m research.fit` names the tool, it is no command
+        for inline in re.findall(r"`(python -m research [^`]*)`", line):
+            if len(shlex.split(inline)) > 4:  # a bare `python -m research attack` names the tool, it is no command
                 commands += _shell_commands(f"README.md:{number} (inline)", inline)
     return commands
 
@@ -191,22 +192,23 @@ def runner_for(command: Command):
     if command.kind == "python":
         return run_python
     argv = command.argv
-    if argv[:2] == ["python", "-m"] and len(argv) > 2:
-        return RUNNERS.get(argv[2])
+    if argv[:3] == ["python", "-m", "research"] and len(argv) > 3:
+        return RUNNERS.get(argv[3])
     return None
 
 
 def test_documented_commands_are_found_and_each_is_run_or_excused():
     sources = {c.source.split(":")[0] for c in ALL_COMMANDS}
     assert README_COMMANDS and DOCSTRING_COMMANDS
-    assert {"README.md", "research/fit.py", "research/attack.py", "research/quantize.py"} <= sources
+    documented = {"README.md", *(f"research/commands/{name}.py" for name in ("fit", "attack", "quantize"))}
+    assert documented <= sources
     for command in ALL_COMMANDS:
         assert runner_for(command) or exception_for(command), (
             f"{command.source}: {command.text!r} is neither run by tests/test_documented_commands.py "
             "nor listed in its EXCEPTIONS (with the reason)"
         )
     # the issue's command is among them
-    assert any(c.text.startswith("python -m research.fit test") and "--ckpt_path best" in c.text for c in ALL_COMMANDS)
+    assert any(c.text.startswith("python -m research test") and "--ckpt_path best" in c.text for c in ALL_COMMANDS)
 
 
 def test_checkpoints_read_are_written_by_an_earlier_command():
@@ -222,7 +224,7 @@ def test_checkpoints_read_are_written_by_an_earlier_command():
                 f"{command.source}: {command.text!r} reads checkpoints/{experiment}/, which no command above it "
                 f"in {source} writes: show that fit first, or list it in PREREQUISITES with the reason"
             )
-        if argv[2:4] == ["research.fit", "fit"] and "--print_config" not in argv:
+        if argv[2:4] == ["research", "fit"] and "--print_config" not in argv:
             written.setdefault(source, set()).add(_experiment_of(argv))
 
 
@@ -247,7 +249,7 @@ def _experiment(config: str) -> str:
 
 
 def _experiment_of(argv: list[str]) -> str:
-    """The run name of a research.fit command: --experiment, else the config's <family>/<name>."""
+    """The run name of a fit command: --experiment, else the config's <family>/<name>."""
     return _option(argv, "--experiment") or _experiment(_option(argv, "--config"))
 
 
@@ -288,7 +290,7 @@ def _tiny_fit_args(config: str) -> list[str]:
 def _ensure_checkpoints(argv: list[str], workspace: Workspace) -> None:
     """Make by a tiny fit what the command reads and is not there: a prerequisite, or (when this test
     was selected alone) what the commands above it would have written."""
-    from research.fit import main as fit
+    from research.commands.fit import main as fit
 
     for experiment in _needed_checkpoints(argv):
         if (workspace.path / "checkpoints" / experiment / "last.ckpt").is_file():
@@ -303,7 +305,7 @@ def _ensure_checkpoints(argv: list[str], workspace: Workspace) -> None:
 
 
 def run_fit(argv: list[str], workspace: Workspace) -> None:
-    from research.fit import main as fit
+    from research.commands import dispatch as fit
 
     args = argv[3:]
     config = _option(args, "--config")
@@ -323,27 +325,27 @@ def run_fit(argv: list[str], workspace: Workspace) -> None:
 
 
 def run_attack(argv: list[str], workspace: Workspace) -> None:
-    from research.attack import main as attack
+    from research.commands import dispatch
 
-    rows = attack(argv[3:] + TINY_ATTACK)
+    rows = dispatch(argv[3:] + TINY_ATTACK)
     assert rows and all(0 <= r["accuracy"] <= 1 for r in rows)
 
 
 def run_quantize(argv: list[str], workspace: Workspace) -> None:
-    from research.quantize import main as quantize
+    from research.commands import dispatch
 
-    results = quantize(argv[3:] + TINY_QUANTIZE)
+    results = dispatch(argv[3:] + TINY_QUANTIZE)
     assert results
 
 
 def run_reproduce(argv: list[str], workspace: Workspace) -> None:
+    from research.commands import dispatch
     from research.reproduce import TABLES
-    from research.reproduce.__main__ import main as reproduce
 
-    args = argv[3:]
+    args = argv[4:]
     if args[0] in TABLES and TABLES[args[0]].cache and "--quick" not in args:
         args.append("--quick")  # a table that trains: its tiny settings
-    assert reproduce(args) == 0
+    assert dispatch(["reproduce", *args]) == 0
 
 
 def run_python(command: Command, workspace: Workspace) -> None:
@@ -351,10 +353,13 @@ def run_python(command: Command, workspace: Workspace) -> None:
 
 
 RUNNERS = {
-    "research.fit": run_fit,
-    "research.attack": run_attack,
-    "research.quantize": run_quantize,
-    "research.reproduce": run_reproduce,
+    "fit": run_fit,
+    "validate": run_fit,
+    "test": run_fit,
+    "predict": run_fit,
+    "attack": run_attack,
+    "quantize": run_quantize,
+    "reproduce": run_reproduce,
 }
 
 

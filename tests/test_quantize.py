@@ -9,9 +9,10 @@ import torch.ao.nn.quantized.dynamic as nnqd
 import yaml
 from torch import nn
 
+from research.commands.quantize import main
 from research.data import SyntheticDataModule
 from research.models import create_model
-from research.quantize import main, model_size_mb, quantize_dynamic, quantize_static, unsupported_static_layers
+from research.quantization import model_size_mb, quantize_dynamic, quantize_static, unsupported_static_layers
 from research.tasks import ImageClassification
 
 CNN = {"name": "five_layer_cnn", "num_classes": 4, "img_size": 16, "hidden_dim": 64}
@@ -93,7 +94,7 @@ def test_command_reports_size_latency_and_accuracy_before_and_after(tmp_path, ca
         "model": {"class_path": "research.tasks.ImageClassification", "init_args": {"model": CNN}},
         "data": {"class_path": "research.data.SyntheticDataModule", "init_args": data},
     }))
-    args = ["--checkpoint", str(tmp_path / "cnn.ckpt"), "--config", str(config), "--repeats", "3"]
+    args = ["--ckpt_path", str(tmp_path / "cnn.ckpt"), "--config", str(config), "--repeats", "3"]
     for mode in ("static", "dynamic"):
         results = main([*args, "--mode", mode, "--data.init_args.batch_size", "8"])
         fp32, int8 = results["fp32"], results[f"int8 {mode}"]

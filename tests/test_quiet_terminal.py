@@ -25,7 +25,7 @@ def test_a_first_run_and_its_resume_print_no_noise(tmp_path):
     env = {key: value for key, value in os.environ.items() if "WANDB" not in key}
     env |= {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     config = str(ROOT / "configs/resnet/mnist_resnet20.yaml")
-    command = [sys.executable, "-m", "research.fit", "fit", "--config", config,
+    command = [sys.executable, "-m", "research", "fit", "--config", config,
                "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
                "--trainer.limit_test_batches", "1"]
     for extra in ([], ["--ckpt_path", "last", "--trainer.max_epochs", "2", "--test_after_fit", "false"]):
@@ -43,25 +43,25 @@ def test_attack_and_quantize_print_no_warning(tmp_path):
     config = str(ROOT / "configs/cnn/mnist_five_layer_cnn.yaml")
     ckpt = "checkpoints/cnn/mnist_five_layer_cnn/last.ckpt"
     commands = [
-        ["research.fit", "fit", "--config", config, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+        ["fit", "--config", config, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
          "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", "--trainer.logger", "false"],
-        ["research.attack", "--config", config, "--ckpt_path", ckpt, "--num_samples", "8", "--steps", "2"],
-        ["research.quantize", "--config", config, "--checkpoint", ckpt, "--repeats", "1", "--calibration-batches", "1"],
+        ["attack", "--config", config, "--ckpt_path", ckpt, "--num_samples", "8", "--steps", "2"],
+        ["quantize", "--config", config, "--ckpt_path", ckpt, "--repeats", "1", "--calibration_batches", "1"],
     ]
     for command in commands:
-        done = subprocess.run([sys.executable, "-m", *command], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run([sys.executable, "-m", "research", *command], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-        if command[0] != "research.fit":  # fit's own output is the test above's
+        if command[0] != "fit":  # fit's own output is the test above's
             assert [line for line in done.stderr.splitlines() if "warn" in line.lower()] == [], done.stderr
             assert [noise for noise in NOISE if noise in done.stdout + done.stderr] == []
 
 
 def test_reproduce_prints_no_warning_from_its_runs(tmp_path):
-    """research.reproduce trains through research.fit with its own arguments still in sys.argv."""
+    """python -m research reproduce trains through the fit command with its own arguments still in sys.argv."""
     env = {key: value for key, value in os.environ.items() if "WANDB" not in key}
     env |= {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    done = subprocess.run([sys.executable, "-m", "research.reproduce", "goodfellow", "--quick", "--out", "out"],
+    done = subprocess.run([sys.executable, "-m", "research", "reproduce", "goodfellow", "--quick", "--out", "out"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     text = done.stdout + done.stderr
     assert done.returncode == 0, text[-3000:]

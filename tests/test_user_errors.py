@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from research import attack, fit, quantize
+from research.commands import attack, fit, quantize
 from research.errors import TRACEBACK_ENV, UserError, run_command, user_message
 from research.tasks import Distillation, ImageClassification
 
@@ -58,11 +58,11 @@ def config(text: str = TINY, name: str = "tiny.yaml") -> str:
 
 
 def test_a_command_line_mistake_is_one_line_from_python_m(tmp_path):
-    """The real entry point: ``python -m research.fit`` with an empty config file."""
+    """The real entry point: ``python -m research fit`` with an empty config file."""
     Path("empty.yaml").write_text("")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     env.pop(TRACEBACK_ENV, None)
-    done = subprocess.run([sys.executable, "-m", "research.fit", "fit", "--config", "empty.yaml"], env=env,
+    done = subprocess.run([sys.executable, "-m", "research", "fit", "--config", "empty.yaml"], env=env,
                           capture_output=True, text=True, timeout=300)
     text = (done.stdout + done.stderr).strip()
     assert done.returncode == 2
@@ -102,7 +102,7 @@ def test_an_unknown_option_is_one_line(capsys):
 
 
 def test_reproduce_exits_with_its_status_through_the_entry_point(capsys):
-    from research.reproduce.__main__ import main
+    from research.commands.reproduce import main
 
     with pytest.raises(SystemExit) as exit_info:
         run_command(lambda: main(["list"]))
@@ -122,7 +122,7 @@ def test_a_config_file_that_is_not_a_mapping_is_named(text, said, capsys):
     name = config(text, "mine.yaml")
     for command in (lambda: fit.main(["fit", "--config", name]),
                     lambda: attack.main(["--config", name, "--ckpt_path", "x.ckpt"]),
-                    lambda: quantize.main(["--config", name, "--checkpoint", "x.ckpt"])):
+                    lambda: quantize.main(["--config", name, "--ckpt_path", "x.ckpt"])):
         torch.save({"state_dict": {}}, "x.ckpt")
         assert f"error: config file mine.yaml {said}" in printed(capsys, command)
 
@@ -161,7 +161,7 @@ def test_a_file_that_is_not_a_checkpoint_says_so(kind, reader, capsys):
     commands = {
         "fit --ckpt_path": lambda: fit.main(["test", "--config", config(), "--ckpt_path", path]),
         "attack": lambda: attack.main(["--config", config(), "--ckpt_path", path]),
-        "quantize": lambda: quantize.main(["--config", config(), "--checkpoint", path]),
+        "quantize": lambda: quantize.main(["--config", config(), "--ckpt_path", path]),
         "teacher": lambda: Distillation(model=CNN, teacher=CNN, teacher_checkpoint=path),
         "pretrained": lambda: ImageClassification(model=CNN, pretrained=path),
     }
@@ -242,7 +242,7 @@ ATTACKED = {"eps": (["--eps", "8"], "--eps 8 is above 1: images are in [0, 1]"),
 
 @pytest.mark.parametrize("case", ATTACKED)
 def test_attack_settings_that_cannot_mean_what_they_say(case, capsys):
-    from research.attack import robust_accuracy
+    from research.attacks.evaluation import robust_accuracy
 
     args, said = ATTACKED[case]
     eps = [float(args[1])] if case == "eps" else [0.1]
@@ -355,7 +355,7 @@ def test_an_image_that_breaks_while_loading_is_named_from_a_worker(capsys):
                            "--model.init_args.pretrained", "checkpoints/mae/fashion_mnist_pretrain/last.ckpt"]),
          "configs/mae/fashion_mnist_pretrain.yaml"),
         (lambda: quantize.main(["--config", str(ROOT / "configs/cnn/mnist_five_layer_cnn.yaml"),
-                                "--checkpoint", "checkpoints/cnn/mnist_five_layer_cnn/last.ckpt"]),
+                                "--ckpt_path", "checkpoints/cnn/mnist_five_layer_cnn/last.ckpt"]),
          "configs/cnn/mnist_five_layer_cnn.yaml"),
     ],
     ids=["distillation teacher", "mae probe", "quantize"],
@@ -363,4 +363,4 @@ def test_an_image_that_breaks_while_loading_is_named_from_a_worker(capsys):
 def test_a_checkpoint_from_an_earlier_run_names_the_command_that_writes_it(command, maker, capsys):
     """The README's commands that read an earlier run's checkpoint: without it, the line says how to make it."""
     last = printed(capsys, command)
-    assert f"train it first with python -m research.fit fit --config {maker}" in last
+    assert f"train it first with python -m research fit --config {maker}" in last

@@ -47,7 +47,7 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     def __init__(self, *args: Any, enable_version_counter: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, enable_version_counter=enable_version_counter, **kwargs)
         self._last_written_step = -1
-        self.resuming = False  # set by research.fit for --ckpt_path: the folder is expected to hold checkpoints
+        self.resuming = False  # set by the fit command for --ckpt_path: the folder is expected to hold checkpoints
 
     def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath: Any) -> None:  # noqa: N802  (Lightning's private name)
         """Lightning's "Checkpoint directory ... exists and is not empty", except on a resume, which expects it."""
@@ -161,7 +161,7 @@ def best_checkpoint(dirpath: str | Path) -> Path:
     last = dirpath / LAST
     if not last.is_file():
         raise FileNotFoundError(
-            f"no {LAST} under {dirpath}/, so no best checkpoint is known: train first (python -m research.fit fit "
+            f"no {LAST} under {dirpath}/, so no best checkpoint is known: train first (python -m research fit "
             "--config ...) or check --experiment; a checkpoint file can also be given as --ckpt_path PATH"
         )
     states = read_checkpoint(last).get("callbacks", {})
@@ -184,7 +184,7 @@ def best_checkpoint(dirpath: str | Path) -> Path:
 class RunIdentity(Callback):
     """Keep the loggers' run ids in every checkpoint (``checkpoint["research_run"]``).
 
-    ``python -m research.fit fit --ckpt_path ...`` reads them back with :func:`logger_ids` and
+    ``python -m research fit --ckpt_path ...`` reads them back with :func:`logger_ids` and
     continues the same wandb run and the same CSV ``version_N`` folder.
     """
 

@@ -64,7 +64,7 @@ class ClassifierFeatures(nn.Module):
         if not path.is_file():
             raise FileNotFoundError(
                 f"FID feature extractor checkpoint {str(path)!r} not found; train a classifier first, e.g. "
-                "python -m research.fit fit --config configs/cnn/mnist_five_layer_cnn.yaml "
+                "python -m research fit --config configs/cnn/mnist_five_layer_cnn.yaml "
                 "(writes checkpoints/cnn/mnist_five_layer_cnn/last.ckpt)"
             )
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -73,7 +73,7 @@ class ClassifierFeatures(nn.Module):
             raise ValueError(
                 f"{str(path)!r} is not an ImageClassification checkpoint with a registered model and mean/std "
                 f"in its hyper_parameters (found keys {sorted(hparams)}); pass a checkpoint written by "
-                "research.fit with research.tasks.ImageClassification"
+                "python -m research fit with research.tasks.ImageClassification"
             )
         classifier = build_model(hparams["model"])
         weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}

@@ -2,7 +2,7 @@
 
 :func:`fit_run` trains and tests one run and remembers its checkpoints and wall time;
 :func:`fit_and_test` returns just its metrics; :func:`attack_checkpoint` evaluates a run's
-checkpoint under the attacks of ``python -m research.attack`` (FGSM, PGD, AutoAttack, ...).
+checkpoint under the attacks of ``python -m research attack`` (FGSM, PGD, AutoAttack, ...).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def fit_run(config: str, overrides: tuple[str, ...] = (), *, quick: bool = False
 
     Memoised within a process, so rows that share a run (a mean and a difference) train it once.
     """
-    from research.fit import main  # the CLI imports every task; only runs need it
+    from research.commands.fit import main  # the CLI imports every task; only runs need it
 
     path = CONFIGS / config
     if not path.is_file():
@@ -115,10 +115,10 @@ def attack_checkpoint(
     """Accuracy (%) of a checkpoint on clean test examples and under each attack at ``eps``.
 
     The task and data come from ``configs/<config>`` with ``overrides`` as in
-    :func:`research.attack.load`; ``num_samples`` test examples are drawn with ``seed``, the same
+    :func:`research.commands.load.load_run`; ``num_samples`` test examples are drawn with ``seed``, the same
     ones for every attack, and an example counts as robust only if it is also classified
-    correctly clean and no restart of the attack fools it (see :mod:`research.attack`).
-    ``attacks`` are names in :data:`research.attack.ATTACKS`: ``"fgsm"``, ``"pgd"`` (which reads
+    correctly clean and no restart of the attack fools it (see :mod:`research.attacks.evaluation`).
+    ``attacks`` are names in :data:`research.attacks.registry.ATTACKS`: ``"fgsm"``, ``"pgd"`` (which reads
     ``steps``, ``step_size`` and ``restarts``), ``"apgd"``, ``"autoattack"`` (the standard ensemble,
     worst case per example: the robust figure; FGSM and PGD give upper bounds on it), ...
 
@@ -127,14 +127,15 @@ def attack_checkpoint(
     """
     import torch
 
-    from research.attack import load, robust_accuracy, sample_loader
+    from research.attacks.evaluation import robust_accuracy, sample_loader
+    from research.commands.load import load_run
 
     if not checkpoint:
         raise FileNotFoundError(f"the run of {config} wrote no checkpoint to attack")
-    task, datamodule = load(str(CONFIGS / config), checkpoint, list(overrides))
-    loader = sample_loader(datamodule, split="test", num_samples=num_samples, seed=seed)
+    run = load_run(CONFIGS / config, checkpoint, overrides)
+    loader = sample_loader(run.datamodule, split="test", num_samples=num_samples, seed=seed)
     torch.manual_seed(seed)  # the random starts
-    rows = robust_accuracy(task, loader, attacks=attacks, eps=[eps], steps=steps, step_size=step_size,
+    rows = robust_accuracy(run.task, loader, attacks=attacks, eps=[eps], steps=steps, step_size=step_size,
                            restarts=restarts)
     return {("clean" if r["attack"] == "none" else r["attack"]): 100 * r["accuracy"] for r in rows}
 

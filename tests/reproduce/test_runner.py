@@ -3,9 +3,9 @@ import sys
 
 import pytest
 
+from research.commands.reproduce import main
 from research.models import list_models
 from research.reproduce import TABLES, Row, Table, run_table
-from research.reproduce.__main__ import main
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +76,7 @@ def _small_table(plot) -> Table:
 
 
 def test_report_links_the_plots_it_draws_and_marks_rows_not_run(monkeypatch, tmp_path, capsys):
-    from research.reproduce import __main__ as runner
+    from research.commands import reproduce as runner
     from research.reproduce.plots import paper_vs_ours
 
     monkeypatch.setattr(runner, "TABLES", {"small": _small_table(paper_vs_ours)})
@@ -88,7 +88,7 @@ def test_report_links_the_plots_it_draws_and_marks_rows_not_run(monkeypatch, tmp
 
 
 def test_without_matplotlib_the_table_is_still_written_and_says_why_no_plot(monkeypatch, tmp_path, capsys):
-    from research.reproduce import __main__ as runner
+    from research.commands import reproduce as runner
     from research.reproduce.plots import paper_vs_ours
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
@@ -100,7 +100,7 @@ def test_without_matplotlib_the_table_is_still_written_and_says_why_no_plot(monk
 
 
 def test_rows_not_run_say_so_and_are_not_judged(monkeypatch, tmp_path, capsys):
-    from research.reproduce import __main__ as runner
+    from research.commands import reproduce as runner
 
     monkeypatch.setattr(runner, "TABLES", {"small": _small_table(None)})
     assert main(["report", "--out", str(tmp_path)]) == 0
@@ -109,7 +109,7 @@ def test_rows_not_run_say_so_and_are_not_judged(monkeypatch, tmp_path, capsys):
 
 
 def test_quick_output_says_quick_and_gives_no_spread_for_one_seed(monkeypatch, tmp_path, capsys):
-    from research.reproduce import __main__ as runner
+    from research.commands import reproduce as runner
     from research.reproduce.runs import over_seeds
 
     monkeypatch.setattr("research.reproduce.runs.fit_and_test", lambda config, overrides, quick: {"acc": 0.5})

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import trainer as quiet_trainer
 
+from research.commands.fit import main
 from research.data import FunctionRegressionDataModule
-from research.fit import main
 from research.models import create_model
 from research.tasks import Regression
 

@@ -1,44 +1,29 @@
-r"""Post-training int8 quantization of a trained classifier, with size, CPU latency and accuracy before/after.
+"""Post-training int8 quantization of a float model, with torch's eager-mode schemes (torch.ao.quantization).
 
-    python -m research.quantize --config configs/cnn/mnist_five_layer_cnn.yaml \
-        --checkpoint checkpoints/cnn/mnist_five_layer_cnn/last.ckpt [--mode auto|dynamic|static]
+The pt2e flow now lives in torchao, which this environment does not have; torch's own two schemes:
 
-The config supplies the task class (``model.class_path``) and the datamodule (``data:``, whose
-test split is evaluated); extra ``--data.*`` arguments override it as for ``research.fit``.
-Two of torch's post-training schemes (torch.ao.quantization, eager mode; the pt2e flow now
-lives in torchao, which this environment does not have):
+* :func:`quantize_dynamic`: Linear weights stored as int8, activations quantized on the fly per batch.
+  Any model; only its Linear layers change, so conv nets gain little.
+* :func:`quantize_static`: weights and activations int8, activation ranges calibrated on input batches,
+  Conv+BN(+ReLU) fused first (x86/fbgemm kernels, per-channel weights). Only layers with int8 kernels
+  may appear; a model with others stops with a ValueError naming them.
 
-* ``dynamic``: Linear weights stored as int8, activations quantized on the fly per batch. Any
-  model; only its Linear layers change, so conv nets gain little.
-* ``static``: weights and activations int8, activation ranges calibrated on training batches,
-  Conv+BN(+ReLU) fused first (x86/fbgemm kernels, per-channel weights). Only layers with int8
-  kernels may appear; a model with others stops with a ValueError naming them.
-
-``auto`` picks static for models with convolutions and dynamic otherwise. Latencies of fp32 and
-int8 are measured in the same run, interleaved, on one batch of test images.
+And what the ``python -m research quantize`` table measures: :func:`model_size_mb`, :func:`latencies`
+(interleaved, so that load on a shared machine hits both models alike) and :func:`accuracy`.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import importlib
 import io
-import json
 import statistics
 import time
 import warnings
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
-import lightning as L
 import torch
-from jsonargparse import ArgumentParser
 from torch import nn
-
-from research.checkpoint_file import load_checkpoint
-from research.config_file import read_config_file
-from research.errors import run_command
 
 # quantized tensors work through these layers unchanged (max, reshape, identity in eval mode)
 _PASSTHROUGH = (
@@ -211,135 +196,3 @@ def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
         correct += int((model(x).argmax(-1) == y).sum())
         total += len(y)
     return correct / max(total, 1)
-
-
-def load_task(checkpoint: Path, config: Path) -> L.LightningModule:
-    """The classification task in ``checkpoint``, of the class named by the config's ``model.class_path``."""
-    # A clear error for a missing file (naming the command that writes it) or a broken one.
-    load_checkpoint(checkpoint, what="checkpoint", lightning=True, mmap=True)
-    class_path = (read_config_file(config).get("model") or {}).get("class_path", "")
-    if "." not in class_path:
-        class_path = f"research.tasks.{class_path or 'ImageClassification'}"
-    module, name = class_path.rsplit(".", 1)
-    task_cls = getattr(importlib.import_module(module), name)
-    task = task_cls.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
-    if getattr(task, "probe", None) is not None:
-        raise ValueError("a linear-probe checkpoint's classifier is model + probe; quantize a fine-tuned one")
-    return task
-
-
-def load_datamodule(config: Path, overrides: Sequence[str] = ()) -> L.LightningDataModule:
-    """The config's ``data:`` section as a datamodule, with ``--data...`` overrides."""
-    import research.data  # noqa: F401  (short class names)
-
-    section = read_config_file(config).get("data")
-    if section is None:
-        raise ValueError(f"{config} has no data: section; pass a config of the run that trained the checkpoint")
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(L.LightningDataModule, "data", required=True)
-    cfg = parser.parse_args(["--data", json.dumps(section), *overrides])
-    return parser.instantiate_classes(cfg).data
-
-
-class _Normalized(nn.Module):
-    """The task's normalisation (fp32) in front of a model, so that both versions see images in [0, 1]."""
-
-    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
-        super().__init__()
-        self.model, self.mean, self.std = model, mean, std
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Shape: (B, C, H, W) images in [0, 1] -> (B, K) logits."""
-        return self.model((x - self.mean) / self.std if self.mean.numel() else x)
-
-
-def run(
-    checkpoint: Path,
-    config: Path,
-    *,
-    mode: str = "auto",
-    backend: str = "x86",
-    calibration_batches: int = 8,
-    repeats: int = 20,
-    overrides: Sequence[str] = (),
-) -> dict[str, dict[str, float]]:
-    """Quantize the checkpoint's model and measure both versions.
-
-    Returns:
-        ``{"fp32": row, "int8 <mode>": row}``, each row with size_mb, latency_ms (median, one test
-        batch of ``batch`` images), speedup (fp32 time / this time) and acc (test accuracy).
-    """
-    task = load_task(checkpoint, config)
-    dm = load_datamodule(config, overrides)
-    dm.prepare_data()
-    dm.setup("fit")
-    dm.setup("test")
-    if task.mean.numel() == 0 and getattr(dm, "mean", None) is not None:
-        task._set_normalization(dm.mean, dm.std)
-    model = task.model.eval()
-    if mode == "auto":
-        mode = "static" if any(isinstance(m, _CONV) for m in model.modules()) else "dynamic"
-    test = [(x, y) for x, y in dm.test_dataloader()]
-    if mode == "dynamic":
-        quantized = quantize_dynamic(model)
-    elif mode == "static":
-        calibration = []
-        for i, (x, _) in enumerate(dm.train_dataloader()):
-            if i >= calibration_batches:
-                break
-            calibration.append((x - task.mean) / task.std if task.mean.numel() else x)
-        quantized = quantize_static(model, calibration, backend=backend)
-    else:
-        raise ValueError(f"unknown mode {mode!r}; choose 'auto', 'dynamic' or 'static'")
-    fp32, int8 = _Normalized(model, task.mean, task.std), _Normalized(quantized, task.mean, task.std)
-    t_fp32, t_int8 = latencies([fp32, int8], test[0][0], repeats=repeats)
-    batch = len(test[0][0])
-    return {
-        "fp32": {"size_mb": model_size_mb(model), "latency_ms": 1e3 * t_fp32, "speedup": 1.0,
-                 "acc": accuracy(fp32, test), "batch": batch},
-        f"int8 {mode}": {"size_mb": model_size_mb(quantized), "latency_ms": 1e3 * t_int8, "speedup": t_fp32 / t_int8,
-                         "acc": accuracy(int8, test), "batch": batch},
-    }
-
-
-def format_table(results: dict[str, dict[str, float]]) -> str:
-    """Markdown table of :func:`run`'s results."""
-    batch = next(iter(results.values()))["batch"]
-    lines = [
-        f"| model | size (MB) | CPU latency, batch {batch} (ms) | speed-up vs fp32 | test acc |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, r in results.items():
-        lines.append(
-            f"| {name} | {r['size_mb']:.3f} | {r['latency_ms']:.2f} | {r['speedup']:.2f}x | {100 * r['acc']:.2f}% |"
-        )
-    return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
-    parser = argparse.ArgumentParser(prog="python -m research.quantize", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint of a trained classifier")
-    parser.add_argument("--config", type=Path, required=True, help="the config it was trained with")
-    parser.add_argument("--mode", choices=("auto", "dynamic", "static"), default="auto")
-    parser.add_argument("--backend", default="x86", help="quantized engine: x86, fbgemm (x86 CPUs), qnnpack (ARM)")
-    parser.add_argument("--calibration-batches", type=int, default=8, help="training batches for static ranges")
-    parser.add_argument("--repeats", type=int, default=20, help="timed forwards per model")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    args, overrides = parser.parse_known_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    results = run(
-        args.checkpoint,
-        args.config,
-        mode=args.mode,
-        backend=args.backend,
-        calibration_batches=args.calibration_batches,
-        repeats=args.repeats,
-        overrides=overrides,
-    )
-    print(format_table(results))
-    return results
-
-
-if __name__ == "__main__":
-    run_command(main)

@@ -1,8 +1,8 @@
-"""The picture and the wandb record of ``python -m research.attack``: robust accuracy against eps.
+"""The picture and the wandb record of ``python -m research attack``: robust accuracy against eps.
 
 One line per attack, clean accuracy at eps 0 (where every attack starts, since the clean image
 lies in every ball) and as a dashed level, each point with its 95% Wilson interval as an error bar
-and a band (:func:`research.attack.wilson_interval`; the examples are shared, so the intervals of
+and a band (:func:`research.attacks.evaluation.wilson_interval`; the examples are shared, so the intervals of
 two attacks are not independent, but each is right for its own figure).
 
 matplotlib is optional (``pip install matplotlib``, or ``pip install 'research[plots]'``), as for
@@ -54,7 +54,7 @@ def plot_robust_accuracy(rows: Sequence[dict], path: Path, *, title: str = "") -
     """Draw robust accuracy (%) against eps per attack, with 95% intervals, to the PNG ``path``.
 
     Args:
-        rows: :func:`research.attack.robust_accuracy`'s rows (clean first, with ``ci_low``, ``ci_high``).
+        rows: :func:`research.attacks.evaluation.robust_accuracy`'s rows (clean first, with ``ci_low``, ``ci_high``).
         path: where the PNG goes; its folder is created.
         title: printed above the axes (wrapped).
 
@@ -113,11 +113,11 @@ def log_to_wandb(report: dict[str, Any], *, image: Path | None, name: str, title
     """Log the table, the sanity panel and the picture to a new wandb run; returns where they went.
 
     The run is online only when you are logged in (or WANDB_MODE says so), else offline under
-    ``logs/wandb`` (``wandb sync`` uploads it later), as ``research.fit``'s runs. Without ``image``
+    ``logs/wandb`` (``wandb sync`` uploads it later), as the runs of ``python -m research fit``. Without ``image``
     the picture is drawn to a temporary file when matplotlib is installed.
 
     Args:
-        report: what ``research.attack`` writes to ``--json``: ``rows`` and ``sanity`` (or None).
+        report: what ``python -m research attack`` writes to ``--json``: ``rows`` and ``sanity`` (or None).
         image: the PNG drawn by :func:`plot_robust_accuracy`, or None.
         name: the run's name.
         title: the picture's title when it is drawn here.
@@ -125,7 +125,7 @@ def log_to_wandb(report: dict[str, Any], *, image: Path | None, name: str, title
     """
     import wandb
 
-    from research.fit import LOG_ROOT, wandb_mode
+    from research.loggers import LOG_ROOT, wandb_mode
 
     rows, checks = report["rows"], report.get("sanity")
     mode = wandb_mode()

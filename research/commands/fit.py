@@ -1,9 +1,9 @@
-"""``python -m research.fit``: LightningCLI over every task x every datamodule.
+"""``python -m research fit|validate|test|predict``: LightningCLI over every task x every datamodule.
 
-    python -m research.fit fit --config configs/resnet/mnist_resnet20.yaml
-    python -m research.fit fit --config configs/resnet/mnist_resnet20.yaml --trainer.max_epochs 2
-    python -m research.fit fit --config configs/resnet/mnist_resnet20.yaml --ckpt_path last   # resume
-    python -m research.fit test --config configs/resnet/mnist_resnet20.yaml --ckpt_path best
+    python -m research fit --config configs/resnet/mnist_resnet20.yaml
+    python -m research fit --config configs/resnet/mnist_resnet20.yaml --trainer.max_epochs 2
+    python -m research fit --config configs/resnet/mnist_resnet20.yaml --ckpt_path last   # resume
+    python -m research test --config configs/resnet/mnist_resnet20.yaml --ckpt_path best
 
 A config file holds the constructor arguments of a task (``model:``), a datamodule (``data:``) and
 the Trainer (``trainer:``). Unless the config says otherwise a run gets: a wandb logger (offline
@@ -21,8 +21,6 @@ that run recorded; either one missing is an error, never a silent start from scr
 from __future__ import annotations
 
 import importlib
-import netrc
-import os
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -50,29 +48,14 @@ from research.callbacks.checkpoint import (
 from research.callbacks.summary import ModelSummary
 from research.checkpoint_file import load_checkpoint
 from research.config_file import config_files, read_config_file
-from research.errors import UserError, run_command
-from research.loggers import ContinuedCSVLogger, WandbLogger
+from research.errors import UserError
+from research.loggers import LOG_ROOT, ContinuedCSVLogger, WandbLogger, wandb_mode
 from research.quiet import silence_known_noise
 
 CHECKPOINT_ROOT = Path("checkpoints")
 # Write None values into a saved config (jsonargparse 4.49 renamed skip_none to skip_unset and warns at the old name).
 _RENAMED = tuple(map(int, jsonargparse.__version__.split(".")[:2])) >= (4, 49)
 KEEP_NONE = {"skip_unset" if _RENAMED else "skip_none": False}
-LOG_ROOT = Path("logs")
-
-
-def wandb_mode() -> str:
-    """'online' only when the user is logged in; WANDB_MODE always wins; otherwise 'offline' (never prompts)."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    try:
-        if netrc.netrc().authenticators("api.wandb.ai"):
-            return "online"
-    except (FileNotFoundError, netrc.NetrcParseError):
-        pass
-    return "offline"
 
 
 def default_loggers(experiment: str, resume: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -373,9 +356,9 @@ class ResearchCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None, run: bool = True) -> ResearchCLI:
-    silence_known_noise()  # here, not at import: importing research.fit changes no global filter
+    """Run LightningCLI's subcommand (``fit``, ``validate``, ``test``, ``predict``) given in ``args``.
+
+    ``args`` None reads the command line (``sys.argv[1:]``), as ``python -m research fit ...`` does.
+    """
+    silence_known_noise()  # here, not at import: importing research.commands.fit changes no global filter
     return ResearchCLI(args=args, run=run)
-
-
-if __name__ == "__main__":
-    run_command(main)
