@@ -1,4 +1,4 @@
-"""Training runs behind the tables: a config from configs/ plus overrides, run through research.fit.
+"""Training runs behind the tables: a config of the package's configs/ plus overrides, trained as ``research fit``.
 
 :func:`fit_run` trains and tests one run and remembers its checkpoints and wall time;
 :func:`fit_and_test` returns just its metrics; :func:`attack_checkpoint` evaluates a run's
@@ -16,8 +16,10 @@ import sys
 import tempfile
 import time
 import unittest.mock
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 import numpy as np
@@ -26,7 +28,9 @@ from research.callbacks.checkpoint import LAST
 from research.data.readers import write_idx
 from research.reproduce.table import Measured
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+# configs/, shipped in the package as research/configs (in the source tree a link to the top-level folder), so a
+# table finds its configs from a checkout, an editable install or an installed wheel, whatever the working folder.
+CONFIGS = resources.files("research") / "configs"
 # --quick: a few steps of everything, so the whole pipeline (data, model, fit, test) runs in seconds.
 QUICK = ["--trainer.max_steps", "3", "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2"]
 # Where the tables look for data that is not shipped (a torchvision root, or a folder of the idx files).
@@ -47,24 +51,20 @@ class Run(NamedTuple):
 
 @functools.cache
 def fit_run(config: str, overrides: tuple[str, ...] = (), *, quick: bool = False) -> Run:
-    """Train ``configs/<config>`` with shell-style ``overrides``, test the best checkpoint.
+    """Train ``config`` (see :func:`config_file`) with shell-style ``overrides``, test the best checkpoint.
 
     Memoised within a process, so rows that share a run (a mean and a difference) train it once.
     """
     from research.commands.fit import main  # the CLI imports every task; only runs need it
 
-    path = CONFIGS / config
-    if not path.is_file():
-        raise FileNotFoundError(f"no config {path}; run research.reproduce from a checkout of the repository")
     tag = hashlib.sha1(json.dumps([config, overrides, quick]).encode()).hexdigest()[:8]
-    args = ["fit", "--config", str(path), *overrides, "--experiment", f"reproduce/{path.stem}-{tag}",
-            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false"]
+    options = [*overrides, "--experiment", f"reproduce/{PurePosixPath(config).stem}-{tag}", "--trainer.logger", "false",
+               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
     start, cpu_start = time.perf_counter(), time.process_time()
-    # The run's arguments are all in ``args``; research.reproduce's own (the table's name, --out) stay in
+    # The run's arguments are all in ``options``; the reproduce command's own (the table's name, --out) stay in
     # sys.argv, where LightningCLI would warn that it got both. Hide them for the run.
-    with unittest.mock.patch.object(sys, "argv", sys.argv[:1]):
-        cli = main([*args, *(QUICK if quick else [])])
+    with config_file(config) as path, unittest.mock.patch.object(sys, "argv", sys.argv[:1]):
+        cli = main(["fit", "--config", str(path), *options, *(QUICK if quick else [])])
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     checkpoint = cli.trainer.checkpoint_callback
     # last.ckpt holds the final step of this run (research.callbacks.ModelCheckpoint, tested)
@@ -78,6 +78,23 @@ def fit_run(config: str, overrides: tuple[str, ...] = (), *, quick: bool = False
     )
 
 
+@contextmanager
+def config_file(config: str) -> Iterator[Path]:
+    """The file of ``config``, a path relative to the package's configs/ (``"reproduce/mnist_wong_fast.yaml"``).
+
+    A context manager, as :func:`importlib.resources.as_file` is: a package imported from a zip
+    file has no file on disk until this extracts one.
+
+    Raises:
+        FileNotFoundError: no such config in the package.
+    """
+    source = CONFIGS / config
+    if not source.is_file():
+        raise FileNotFoundError(f"no config {config!r} in {CONFIGS}: name a file under configs/, as the tables do")
+    with resources.as_file(source) as path:
+        yield path
+
+
 def config_key(config: str) -> str:
     """``config`` and a hash of its text: a cache key that changes when the config file is edited."""
     path = CONFIGS / config
@@ -86,7 +103,7 @@ def config_key(config: str) -> str:
 
 
 def fit_and_test(config: str, overrides: tuple[str, ...] = (), *, quick: bool = False) -> dict[str, float]:
-    """Train ``configs/<config>`` with shell-style ``overrides``, test the best checkpoint, return the metrics."""
+    """Train ``config`` with shell-style ``overrides``, test the best checkpoint, return the metrics."""
     return fit_run(config, overrides, quick=quick).metrics
 
 
@@ -114,7 +131,7 @@ def attack_checkpoint(
 ) -> dict[str, float]:
     """Accuracy (%) of a checkpoint on clean test examples and under each attack at ``eps``.
 
-    The task and data come from ``configs/<config>`` with ``overrides`` as in
+    The task and data come from ``config`` (see :func:`config_file`) with ``overrides`` as in
     :func:`research.commands.load.load_run`; ``num_samples`` test examples are drawn with ``seed``, the same
     ones for every attack, and an example counts as robust only if it is also classified
     correctly clean and no restart of the attack fools it (see :mod:`research.attacks.evaluation`).
@@ -132,7 +149,8 @@ def attack_checkpoint(
 
     if not checkpoint:
         raise FileNotFoundError(f"the run of {config} wrote no checkpoint to attack")
-    run = load_run(CONFIGS / config, checkpoint, overrides)
+    with config_file(config) as path:
+        run = load_run(path, checkpoint, overrides)
     loader = sample_loader(run.datamodule, split="test", num_samples=num_samples, seed=seed)
     torch.manual_seed(seed)  # the random starts
     rows = robust_accuracy(run.task, loader, attacks=attacks, eps=[eps], steps=steps, step_size=step_size,
