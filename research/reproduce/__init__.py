@@ -1,7 +1,10 @@
-"""The papers' tables, printed beside ours: ``python -m research.reproduce list | TABLE [--quick]``.
+"""The papers' tables, printed beside ours: ``python -m research reproduce list | report | TABLE [--quick]``.
 
 Each table is data (research/reproduce/<table>.py): the paper's rows with their numbers, a citation
 and a tolerance, and how ours is measured. Every paper number the code claims to match lives here.
+:mod:`research.reproduce.table` measures and caches a table's rows, :mod:`research.reproduce.runs`
+trains and attacks the runs behind them, :mod:`research.reproduce.report` saves and reports the
+results; the command (:mod:`research.commands.reproduce`) only parses its arguments and prints.
 """
 
 from research.reproduce import (

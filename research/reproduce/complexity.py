@@ -112,7 +112,8 @@ for size, paper_params, paper_g, source in (
     ROWS.append(_row(f"Swin-{letter} M parameters", paper_params, 0.5, source, params_m, name))
     if size == "tiny":  # the paper's own figure, one unit of rounding apart from its code's 28.29M
         ROWS.append(_row("Swin-T M parameters (paper's figure)", 29, 1.0, SWIN, params_m, name))
-    # the issue's tolerance for Swin FLOPs: 3% of the paper's figure
+    # Swin FLOPs within 3% of the paper's figure: its counter is not published, so what it counts (softmax, norms)
+    # is not known
     ROWS.append(_row(f"Swin-{letter} G multiply-adds", paper_g, round(0.03 * paper_g, 2),
                      SWIN if size != "large" else SWIN_README, gmacs, name))
 
@@ -125,7 +126,7 @@ ROWS += [
 
 TRANSFORMER = "Vaswani et al. 2017, Table 3"
 ROWS += [
-    # 37,000-token shared vocabulary (section 5.1); the issue allows 5%.
+    # 37,000-token shared vocabulary (section 5.1); within 5%: the paper does not say what its counts include.
     _row("Transformer base M parameters", 65, 3.25, TRANSFORMER, params_m, "transformer_base", vocab_size=37000),
     _row("Transformer big M parameters", 213, 10.65, TRANSFORMER, params_m, "transformer_big", vocab_size=37000),
 ]
@@ -137,6 +138,6 @@ TABLE = Table(
     rows=ROWS,
     cache=False,
     notes="Counted on the meta device; torch's FlopCounterMode counts 2 FLOPs per multiply-add, halved here to "
-    "match the papers. Tolerances follow the papers' rounding (Swin FLOPs and Transformer sizes: the issue's 3% "
+    "match the papers. Tolerances follow the papers' rounding (Swin FLOPs and Transformer sizes: 3% "
     "and 5%).",
 )

@@ -1,8 +1,8 @@
 """A paper table as data: the paper's rows, a tolerance each, and how ours is measured.
 
-The runner (``python -m research.reproduce``) measures every row, caches what it measured, and
-prints paper | ours | difference | within tolerance. A row whose measurement raises is reported as
-failed with its error, never dropped.
+The runner (``python -m research reproduce``) measures every row, caches what it measured with the
+machine it was measured on (:func:`machine`), and prints paper | ours | difference | within
+tolerance. A row whose measurement raises is reported as failed with its error, never dropped.
 """
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import platform
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -29,6 +31,7 @@ class Measured(NamedTuple):
 
 
 NOT_RUN = "not run yet"
+COMMAND = "python -m research reproduce"
 QUICK_NOTE = " (quick settings: one seed and a few steps, so no spread; not comparable to the paper)"
 
 
@@ -67,6 +70,9 @@ class Table:
     notes: str = ""
     cache: bool = True  # measurements that train something are cached; cheap counts need not be
     digits: int = 2
+    # Minutes a full run took, one torch thread, for a user deciding whether to start one; the machine it ran on is
+    # recorded with the cached results (:func:`machine`) and printed in the report's header.
+    minutes: float | None = None
     # Draws the results where a picture says more than the table (see research.reproduce.plots).
     plot: Callable[[Table, list[Result]], Figure] | None = None
 
@@ -80,8 +86,9 @@ class Result:
     ours: float | None = None
     spread: float | None = None
     error: str | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # how long the measurement took (a cached one: when it was measured, 0 if not recorded)
     cached: bool = False
+    machine: dict[str, Any] | None = None  # where it was measured (:func:`machine`); None if not recorded
     extra: dict = field(default_factory=dict)
 
     @property
@@ -96,6 +103,43 @@ class Result:
         return self.paper is None or abs(self.ours - self.paper) <= self.tolerance
 
 
+def machine() -> dict[str, Any]:
+    """Where a measurement runs: CPU model, cores, torch's threads and version, and the GPU if torch sees one.
+
+    Kept with every cached result and in the JSON output, so a time or a number says where it came from.
+    """
+    import torch
+
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__.split("+")[0],
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def _cpu_model() -> str:
+    try:  # Linux names the model; platform.processor() is often empty there
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_machine(record: dict[str, Any] | None) -> str:
+    """One line for a :func:`machine` record, e.g. "AMD EPYC 7B13, 2 cores, 1 torch thread, torch 2.15.0"."""
+    if not record:
+        return "machine not recorded"
+    threads = record.get("torch_threads")
+    parts = [record.get("cpu") or "unknown CPU", f"{record.get('cores')} cores",
+             f"{threads} torch thread{'' if threads == 1 else 's'}", f"torch {record.get('torch')}"]
+    return ", ".join(parts + ([f"GPU {record['gpu']}"] if record.get("gpu") else []))
+
+
 def _cache_path(out: Path, table: Table, row: Row, quick: bool) -> Path:
     key = json.dumps([table.name, row.label, row.key, quick])
     return out / "cache" / f"{table.name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
@@ -108,15 +152,19 @@ def run_table(table: Table, *, quick: bool = False, out: Path | None = None, cac
     instead of measured (nothing trains).
     """
     results = []
+    here = None  # this machine's record, read once when a row is measured
     for row in table.rows:
         result = Result(row.label, row.paper, row.tolerance, row.source)
         cache = _cache_path(out, table, row, quick) if out is not None and table.cache else None
         if cache is not None and cache.exists():
             saved = json.loads(cache.read_text())
             result.ours, result.spread, result.cached = saved["ours"], saved.get("spread"), True
+            result.seconds, result.machine = saved.get("seconds", 0.0), saved.get("machine")
         elif cached_only and cache is not None:
-            result.error = f"{NOT_RUN}: python -m research.reproduce {table.name}"
+            result.error = f"{NOT_RUN}: {COMMAND} {table.name}"
         else:
+            here = here or machine()
+            result.machine = here
             start = time.perf_counter()
             try:
                 measured = row.measure(quick)
@@ -131,7 +179,8 @@ def run_table(table: Table, *, quick: bool = False, out: Path | None = None, cac
             result.seconds = time.perf_counter() - start
             if cache is not None and result.error is None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                cache.write_text(json.dumps({"ours": result.ours, "spread": result.spread, "seconds": result.seconds}))
+                cache.write_text(json.dumps({"ours": result.ours, "spread": result.spread, "seconds": result.seconds,
+                                             "machine": result.machine}))
         results.append(result)
     return results
 
@@ -162,6 +211,8 @@ def to_markdown(table: Table, results: list[Result], *, quick: bool = False) -> 
         )
     if table.notes:
         lines += ["", table.notes]
+    if table.minutes is not None:
+        lines += ["", f"A full run took about {table.minutes:g} min with one torch thread."]
     return "\n".join(lines)
 
 
@@ -183,6 +234,7 @@ def to_json(table: Table, results: list[Result], *, quick: bool) -> dict:
                 "error": r.error,
                 "seconds": round(r.seconds, 3),
                 "cached": r.cached,
+                "machine": r.machine,
             }
             for r in results
         ],

@@ -1,4 +1,4 @@
-"""The fast-adversarial-training tables (issue 14, item 6): like-with-like configs, the guard's record, quick runs.
+"""The fast-adversarial-training tables (wong, catastrophic_overfitting): like-with-like configs, the guard, quick runs.
 
 The quick runs are memoised per process (``research.reproduce.runs.fit_run``).
 """

@@ -1,4 +1,4 @@
-"""The Madry and Goodfellow tables report AutoAttack as the robust figure and FGSM/PGD as bounds (issue 14, item 3).
+"""The Madry and Goodfellow tables report AutoAttack as the robust figure and FGSM/PGD as bounds.
 
 Nothing trains here: the runs and attacks are stand-ins that record what the tables ask for. The
 quick tables themselves (which do train and attack) run in tests/reproduce/test_tables.py.

@@ -1,4 +1,5 @@
-"""The training tables of issue 8 (3.3-3.7): every one runs at --quick settings, and missing data fails clearly.
+"""The tables that train (madry, goodfellow, wong, vit_vs_resnet, mae_mask_ratio): each runs at --quick settings,
+and missing data fails clearly.
 
 The quick runs are memoised per process (``research.reproduce.runs.fit_run``), so these tests share
 their training with tests/reproduce/test_runner.py when both run in one session.
