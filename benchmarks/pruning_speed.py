@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import torch
 from einops import rearrange
@@ -30,6 +28,7 @@ from torch.nn.utils import prune
 
 from research.models import create_model
 from research.models.cnn import SmallCNN
+from research.quantization import latencies
 
 
 def prunable(model: SmallCNN) -> list[nn.Module]:
@@ -114,19 +113,6 @@ def remove_dead_channels(model: SmallCNN) -> SmallCNN:
     return cut
 
 
-@torch.no_grad()
-def median_times(models: list[nn.Module], x: torch.Tensor, repeats: int) -> list[float]:
-    for m in models:
-        m(x)  # warm-up
-    times: list[list[float]] = [[] for _ in models]
-    for _ in range(repeats):
-        for m, ts in zip(models, times, strict=True):
-            start = time.perf_counter()
-            m(x)
-            ts.append(time.perf_counter() - start)
-    return [statistics.median(ts) for ts in times]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="madry_mnist_cnn", help="a SmallCNN: madry_mnist_cnn or five_layer_cnn")
@@ -146,7 +132,7 @@ def main() -> None:
         torch.testing.assert_close(cut(x), zeroed(x), atol=1e-4, rtol=1e-4)  # the cut changes nothing
     versions = {"dense": dense, f"unstructured {args.amount:.0%} zeros": unstructured,
                 f"{args.amount:.0%} channels zeroed": zeroed, f"{args.amount:.0%} channels removed": cut}
-    times = median_times(list(versions.values()), x, args.repeats)
+    times = latencies(list(versions.values()), x, repeats=args.repeats)
     print(f"{args.model}, batch {args.batch_size}, {torch.get_num_threads()} threads, median of {args.repeats}")
     print("| version | parameters | zero weights | ms / batch | speed-up vs dense |")
     print("|---|---:|---:|---:|---:|")
