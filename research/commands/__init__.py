@@ -71,4 +71,6 @@ def dispatch(argv: Sequence[str] | None = None) -> object:
 
 def main() -> NoReturn:
     """The console script ``research`` and ``python -m research``: run the command, exit with its status."""
+    if sys.argv[0].endswith("__main__.py"):
+        sys.argv[0] = "python -m research"  # LightningCLI's usage line names the program by sys.argv[0]
     run_command(dispatch)
