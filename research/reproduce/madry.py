@@ -108,7 +108,7 @@ TABLE = Table(
              ROBUST, "pgd40", measure=_overstated),
     ],
     notes="Robust accuracy is AutoAttack's (Croce & Hein 2020, the standard ensemble: APGD-CE, APGD-T, FAB-T, "
-    "Square with 5,000 queries). Counting, as research.attack counts: every row attacks the same "
+    "Square with 5,000 queries). Counting, as python -m research attack counts: every row attacks the same "
     f"{SAMPLES} digits, and a digit counts as robust only if it is classified correctly clean and under the "
     "attack, worst case per digit: under each of AutoAttack's four attacks, and under every restart of a PGD row. "
     "An FGSM or PGD figure is an upper bound on robust accuracy (a stronger attack can only lower it), which is "

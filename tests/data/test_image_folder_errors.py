@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from research import fit
+from research.commands import fit
 from research.data import ImageFolderDataModule
 from research.errors import TRACEBACK_ENV, run_command
 
@@ -137,7 +137,7 @@ def test_a_split_without_class_folders_is_named(split, capsys):
     ({"train": FULL, "val": {"cat": 1, "dog": 1}}, "images/val lacks class folder cow that images/train has"),
 ], ids=["empty-test-class", "class-missing-from-val"])
 def test_a_layout_mistake_stops_fit_before_the_trainer_starts(layout, said, capsys):
-    """Through ``research.fit`` with a config: one line, and no Trainer ran (no checkpoint or log folder)."""
+    """Through ``python -m research fit`` with a config: one line, and no Trainer ran (no checkpoint or log folder)."""
     tree(layout)
     Path("tiny.yaml").write_text(TINY)
     last = printed(capsys, lambda: fit.main(["fit", "--config", "tiny.yaml"]))

@@ -1,7 +1,7 @@
 """The tables find their configs in the package (importlib.resources), not relative to the working folder.
 
 configs/ ships as research/configs (pyproject.toml's package data; a link in the source tree), so
-``python -m research.reproduce`` works from any folder and from an installed wheel.
+``python -m research reproduce`` works from any folder and from an installed wheel.
 """
 
 import os
