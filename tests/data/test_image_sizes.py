@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from research import fit
+from research.commands import fit
 from research.data import (
     CIFAR10DataModule,
     EmbeddedMNISTDataModule,
