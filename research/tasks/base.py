@@ -35,7 +35,15 @@ class Task(L.LightningModule):
         optim: the optimizer and schedule: :class:`OptimizerSettings`, or a mapping of the fields
             that differ from the task's ``default_optim`` (as a config gives them, or a
             checkpoint's hyperparameters).
+        compile: compile the model's forward with ``torch.compile`` when the Trainer starts: True
+            with torch's defaults, or a mapping of ``torch.compile`` arguments (``{"mode":
+            "max-autotune-no-cudagraphs"}``). The model is compiled in place (``nn.Module.compile``),
+            so its parameter names and checkpoints are those of the eager model, and everything
+            that calls it (the task's steps, the attack callbacks' forward and backward) runs the
+            compiled code; its other methods (``forward_features``, decoding) stay eager.
 
+    Raises:
+        ValueError: ``compile`` is neither a bool nor a mapping of ``torch.compile`` arguments.
     """
 
     #: the task's recipe; a config's ``optim`` changes single fields of it.
@@ -49,9 +57,11 @@ class Task(L.LightningModule):
     #: such a model; None takes any module.
     model_contract: ClassVar[tuple[type, str] | None] = None
 
-    def __init__(self, optim: OptimizerSettings | Mapping[str, Any]) -> None:
+    def __init__(self, optim: OptimizerSettings | Mapping[str, Any], *,
+                 compile: bool | Mapping[str, Any] = False) -> None:
         super().__init__()
         self.optim = self.default_optim.updated(optim)
+        self.compile_kwargs = compile_arguments(compile)
         self.lr: float | None = None  # the peak learning rate in use, set by configure_optimizers
         # The arguments of every constructor up to here are the hyperparameters, but for modules given
         # as such (their weights are in the checkpoint) and with optim whole, as a plain dict (so a
@@ -84,6 +94,19 @@ class Task(L.LightningModule):
         """
         with torch.device(self.device):
             self.fit_to_data(self.datamodule)
+        self.prepare_execution()
+
+    def prepare_execution(self) -> None:
+        """Put the model in the form it runs in, last in :meth:`configure_model`: compiled when ``compile`` asks.
+
+        Compiling comes after anything that wraps the model's modules (sharding), as Lightning's
+        guide to compiling under ``ModelParallelStrategy`` says. Idempotent: a later
+        ``fit``/``validate``/``test`` keeps the compiled model (and its cache).
+        """
+        # nn.Module.compile sets _compiled_call_impl; compiling twice would throw the compiled code away
+        model = getattr(self, "model", None)  # a GAN has two networks and no model
+        if self.compile_kwargs is not None and model is not None and model._compiled_call_impl is None:
+            model.compile(**self.compile_kwargs)
 
     def fit_to_data(self, datamodule: L.LightningDataModule | None) -> None:
         """Build what depends on the data and check that the model fits it; a mismatch stops here with what to change.
@@ -155,6 +178,23 @@ class Task(L.LightningModule):
         return getattr(self.model, "dim", None)
 
 
+def compile_arguments(compile: bool | Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``torch.compile`` keyword arguments that a task's ``compile`` option asks for; None for no compiling.
+
+    Raises:
+        ValueError: ``compile`` is neither a bool nor a mapping, or names an argument ``torch.compile`` lacks.
+    """
+    if isinstance(compile, bool):
+        return {} if compile else None
+    if not isinstance(compile, Mapping):
+        raise ValueError(f"compile must be true/false or a mapping of torch.compile arguments, got {compile!r}")
+    known = [name for name in inspect.signature(torch.compile).parameters if name != "model"]
+    unknown = sorted(set(compile) - set(known))
+    if unknown:
+        raise ValueError(f"compile: torch.compile takes no argument {unknown[0]!r}; it takes {', '.join(known)}")
+    return dict(compile)
+
+
 _ADVICE = ("Build the model for these images (in_chans/img_size in its config) or convert the images "
            "(data in_chans/img_size).")
 
@@ -164,11 +204,30 @@ class ImageTask(Task):
 
     The statistics come from the task's arguments or, when those are None, from the datamodule
     when the Trainer starts; they are hyperparameters (a checkpoint rebuilds them), held as
-    non-persistent buffers.
+    non-persistent buffers. A task of CNNs can run in ``channels_last`` memory format
+    (:meth:`init_memory_format`).
     """
 
     mean: Tensor
     std: Tensor
+    #: the memory format of the model's 4-D weights and of the normalised input batches.
+    memory_format: torch.memory_format = torch.contiguous_format
+
+    def init_memory_format(self, channels_last: bool) -> None:
+        """Run in ``torch.channels_last`` memory format (NHWC) when ``channels_last``, from the next Trainer start.
+
+        Convolutions run faster in it on GPUs (tensor cores) and on CPUs (oneDNN). Values are the
+        same, only the strides change, so checkpoints are unaffected. Lightning has no flag for it
+        (timm's ``--channels-last`` does the same): the model is converted in :meth:`prepare_execution`
+        and the input in :meth:`normalize`.
+        """
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def prepare_execution(self) -> None:
+        """Convert the model to ``channels_last`` when asked, then compile it (:meth:`Task.prepare_execution`)."""
+        if self.memory_format is torch.channels_last and self.model is not None:
+            self.model.to(memory_format=torch.channels_last)  # in place; only 4-D tensors change
+        super().prepare_execution()
 
     def init_normalization(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
         """Keep ``mean``/``std`` (C,) as (C, 1, 1) buffers; None for both leaves images as they are until data has them.
@@ -184,7 +243,12 @@ class ImageTask(Task):
             self.register_buffer(name, stats.view(-1, 1, 1), persistent=False)
 
     def normalize(self, images: Tensor) -> Tensor:
-        """Model input for images in [0, 1]: ``(images - mean) / std`` per channel. Shape: (B, C, H, W), unchanged."""
+        """Model input for images in [0, 1]: ``(images - mean) / std`` per channel, in the task's memory format.
+
+        Shape: (B, C, H, W), unchanged.
+        """
+        if self.memory_format is torch.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)  # the arithmetic below keeps the strides
         return (images - self.mean) / self.std if self.mean.numel() else images
 
     def denormalize(self, x: Tensor) -> Tensor:

@@ -51,6 +51,10 @@ class ImageClassification(ImageTask):
             (``forward_head(..., pre_logits=True)``): BatchNorm without affine parameters, then a
             linear layer, as MAE's linear probing (He et al. 2022, App. A.2). The frozen model stays
             in eval mode (no dropout, drop path or BatchNorm updates); its own head is unused.
+        compile: compile the model with ``torch.compile`` (True, or its arguments such as ``{mode: ...}``;
+            :class:`~research.tasks.base.Task`).
+        channels_last: run the model and its input in ``torch.channels_last`` memory format, faster
+            for CNNs (:meth:`~research.tasks.base.ImageTask.init_memory_format`).
     """
 
     default_optim = OptimizerSettings(name="adamw", lr=1e-3, weight_decay=0.05, schedule="cosine")
@@ -69,8 +73,10 @@ class ImageClassification(ImageTask):
         optim: OptimizerSettings = default_optim,
         pretrained: str | None = None,
         linear_probe: bool = False,
+        compile: bool | dict = False,
+        channels_last: bool = False,
     ) -> None:
-        super().__init__(optim)
+        super().__init__(optim, compile=compile)
         self.init_model(model)
         self.num_classes = num_classes or getattr(self.model, "num_classes", None)
         if not self.num_classes:
@@ -81,6 +87,7 @@ class ImageClassification(ImageTask):
         if linear_probe and self.optim.layer_decay is not None:
             raise ValueError("layer_decay scales the lr of the model's layers, which a linear probe freezes: drop one")
         self.init_normalization(mean, std)
+        self.init_memory_format(channels_last)
 
         self.mixup = None
         if mixup_alpha > 0 or cutmix_alpha > 0:

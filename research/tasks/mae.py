@@ -81,6 +81,8 @@ class MAEPretraining(ImageTask):
             weight decay 0.05, lr 1.5e-4 per 256 images of effective batch (``reference_batch``
             256; ``reference_batch: null`` takes ``lr`` as it is), 40 warm-up epochs (of 800/1600)
             and cosine decay to 0.
+        compile: compile the model with ``torch.compile`` (True, or its arguments such as ``{mode: ...}``;
+            :class:`~research.tasks.base.Task`).
     """
 
     model_contract = (MaskedAutoencoder, "a masked autoencoder (e.g. mae_vit_base_patch16; a classifier is trained "
@@ -97,8 +99,9 @@ class MAEPretraining(ImageTask):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         optim: OptimizerSettings = default_optim,
+        compile: bool | dict = False,
     ) -> None:
-        super().__init__(optim)
+        super().__init__(optim, compile=compile)
         self.init_model(model)
         if mask_ratio is not None:
             num_visible(self.model.num_patches, mask_ratio)  # a bad ratio stops before training

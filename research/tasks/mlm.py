@@ -46,6 +46,8 @@ class MaskedLanguageModelling(Task):
             default BERT's (App. A.2): AdamW, lr 1e-4, betas (0.9, 0.999), weight decay 0.01
             (biases and norms get none), linear warm-up over 10,000 steps (of 1,000,000), then
             linear decay to 0.
+        compile: compile the model with ``torch.compile`` (True, or its arguments such as ``{mode: ...}``;
+            :class:`~research.tasks.base.Task`).
 
     """
 
@@ -53,8 +55,9 @@ class MaskedLanguageModelling(Task):
     model_contract = (MaskedLanguageModel, "a BERT-style model (e.g. bert_tiny)")
     default_optim = OptimizerSettings(name="adamw", lr=1e-4, weight_decay=0.01, schedule="linear", warmup_steps=10_000)
 
-    def __init__(self, model: dict | str | nn.Module, *, optim: OptimizerSettings = default_optim) -> None:
-        super().__init__(optim)
+    def __init__(self, model: dict | str | nn.Module, *, optim: OptimizerSettings = default_optim,
+                 compile: bool | dict = False) -> None:
+        super().__init__(optim, compile=compile)
         self.init_model(model)
 
     def build_metrics(self) -> None:

@@ -27,13 +27,16 @@ class Regression(Task):
         model: a registered model as ``{"name": "mlp_regressor", ...}`` (or just a name), or an ``nn.Module``.
         optim: the optimizer and schedule (:class:`~research.tasks.optim.OptimizerSettings`); by
             default Adam (AdamW without weight decay), lr 1e-3, constant.
+        compile: compile the model with ``torch.compile`` (True, or its arguments such as ``{mode: ...}``;
+            :class:`~research.tasks.base.Task`).
 
     """
 
     default_optim = OptimizerSettings(name="adamw", lr=1e-3, weight_decay=0.0, schedule="constant")
 
-    def __init__(self, model: dict | str | nn.Module, *, optim: OptimizerSettings = default_optim) -> None:
-        super().__init__(optim)
+    def __init__(self, model: dict | str | nn.Module, *, optim: OptimizerSettings = default_optim,
+                 compile: bool | dict = False) -> None:
+        super().__init__(optim, compile=compile)
         self.init_model(model)
         self._targets_checked = False
 

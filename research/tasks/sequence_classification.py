@@ -41,6 +41,8 @@ class SequenceClassification(Task):
             given), or an ``nn.Module`` with ``vocab_size`` and ``num_classes`` attributes.
         optim: the optimizer and schedule (:class:`~research.tasks.optim.OptimizerSettings`); by
             default AdamW, lr 1e-3, weight decay 0.01 (biases get none), constant.
+        compile: compile the model with ``torch.compile`` (True, or its arguments such as ``{mode: ...}``;
+            :class:`~research.tasks.base.Task`).
 
     """
 
@@ -49,8 +51,9 @@ class SequenceClassification(Task):
     default_optim = OptimizerSettings(name="adamw", lr=1e-3, weight_decay=0.01, schedule="constant")
     checkpoint_monitor = ("val/acc", "max")
 
-    def __init__(self, model: dict | str | nn.Module, *, optim: OptimizerSettings = default_optim) -> None:
-        super().__init__(optim)
+    def __init__(self, model: dict | str | nn.Module, *, optim: OptimizerSettings = default_optim,
+                 compile: bool | dict = False) -> None:
+        super().__init__(optim, compile=compile)
         self.init_model(model)
 
     def build_metrics(self) -> None:

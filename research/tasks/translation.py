@@ -96,6 +96,8 @@ class Translation(Task):
         num_logged_samples: rows of the sample-translation table, per evaluation.
         bos_id: the decoder's first token; None takes the datamodule's ``[CLS]``.
         eos_id: the end-of-sentence token; None takes the datamodule's ``[SEP]``.
+        compile: compile the model with ``torch.compile`` (True, or its arguments such as ``{mode: ...}``;
+            :class:`~research.tasks.base.Task`).
 
     """
 
@@ -121,8 +123,9 @@ class Translation(Task):
         num_logged_samples: int = 8,
         bos_id: int | None = None,
         eos_id: int | None = None,
+        compile: bool | dict = False,
     ) -> None:
-        super().__init__(optim)
+        super().__init__(optim, compile=compile)
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}; the paper uses 0.1")
         for name in ("val_bleu_samples", "test_bleu_samples"):
