@@ -1,4 +1,4 @@
-"""The tasks' ``compile`` and ``channels_last`` options: the compiled model runs every call, checkpoints keep their keys.
+"""The tasks' ``compile`` and ``channels_last`` options: the compiled model runs every call, checkpoints unchanged.
 
 Most tests compile with the ``aot_eager`` backend (dynamo's graph capture and AOTAutograd's
 forward/backward split, without Inductor's code generation), so the wiring is tested in seconds;
@@ -10,8 +10,8 @@ from functools import partial
 import pytest
 import torch
 from conftest import trainer as quiet_trainer
-from torch import nn
 from functorch.compile import make_boxed_func
+from torch import nn
 from torch._dynamo.backends.common import aot_autograd
 
 from research.callbacks import AdversarialTraining, RobustEvaluation
