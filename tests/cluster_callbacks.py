@@ -1,0 +1,49 @@
+"""Callbacks that tests/test_multinode.py and tests/test_slurm_requeue.py add to ``python -m research fit``.
+
+The runs import this module by name (``--trainer.callbacks+ cluster_callbacks.SaveWeights``): the tests
+put tests/ on their ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+class SaveWeights(Callback):
+    """Every rank writes its task's ``state_dict`` to ``<dirpath>/rank<global rank>.pt`` when fit ends.
+
+    Lightning's checkpoints are written by global rank 0 only; this shows what every rank holds.
+    """
+
+    def __init__(self, dirpath: str):
+        self.dirpath = Path(dirpath)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        torch.save(pl_module.state_dict(), self.dirpath / f"rank{trainer.global_rank}.pt")
+
+
+class WaitForSignal(Callback):
+    """At the end of training step ``step``, write ``marker`` and wait until Lightning's hpc checkpoint exists.
+
+    The test sends SIGUSR1 when the marker appears, so the signal lands at a known step (a real
+    preemption lands anywhere); Python runs the signal handler during the sleep.
+    """
+
+    def __init__(self, step: int, marker: str, timeout: float = 60.0):
+        self.step, self.marker, self.timeout = step, Path(marker), timeout
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if trainer.global_step != self.step:
+            return
+        self.marker.write_text(str(self.step))
+        deadline = time.monotonic() + self.timeout
+        while not list(Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt")):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no SIGUSR1 (no hpc checkpoint) within {self.timeout} s of step {self.step}")
+            time.sleep(0.05)
