@@ -24,6 +24,7 @@ from research.models import build_model
 from research.models.protocols import require
 from research.tasks.checks import check_checkpoint
 from research.tasks.optim import OptimizerSettings, configure_optimization, learning_rate
+from research.tasks.sharding import shard_task
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ class Task(L.LightningModule):
         """
         with torch.device(self.device):
             self.fit_to_data(self.datamodule)
+        if self.device_mesh is not None:  # ModelParallelStrategy: shard the model built above (FSDP2)
+            shard_task(self)
         self.prepare_execution()
 
     def prepare_execution(self) -> None:
