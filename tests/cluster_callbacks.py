@@ -6,6 +6,7 @@ put tests/ on their ``PYTHONPATH``.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -29,10 +30,11 @@ class SaveWeights(Callback):
 
 
 class WaitForSignal(Callback):
-    """At the end of training step ``step``, write ``marker`` and wait until Lightning's hpc checkpoint exists.
+    """At the end of training step ``step``, write this process's id to ``marker`` and wait for an hpc checkpoint.
 
-    The test sends SIGUSR1 when the marker appears, so the signal lands at a known step (a real
-    preemption lands anywhere); Python runs the signal handler during the sleep.
+    The test sends SIGUSR1 to that process when the marker appears, so the signal lands at a known
+    step (a real preemption lands anywhere); Python runs Lightning's handler during the sleep, and the
+    wait ends once the handler has written ``hpc_ckpt_*.ckpt``.
     """
 
     def __init__(self, step: int, marker: str, timeout: float = 60.0):
@@ -41,7 +43,7 @@ class WaitForSignal(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         if trainer.global_step != self.step:
             return
-        self.marker.write_text(str(self.step))
+        self.marker.write_text(str(os.getpid()))
         deadline = time.monotonic() + self.timeout
         while not list(Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt")):
             if time.monotonic() > deadline:

@@ -1,16 +1,18 @@
-"""SLURM's requeue on preemption, under fake SLURM environment variables and a fake ``scontrol``.
+"""SLURM's requeue on preemption: docs/slurm/train.sbatch under fake SLURM variables, srun and scontrol.
 
-What docs/slurm/train.sbatch relies on: with ``SLURM_NTASKS`` set (srun's environment) Lightning picks
-its ``SLURMEnvironment`` with ``auto_requeue=True``. On SIGUSR1 (``#SBATCH --signal=SIGUSR1@90``) its
-handler (lightning/pytorch/trainer/connectors/signal_connector.py) saves ``hpc_ckpt_<n>.ckpt`` in the
-Trainer's ``default_root_dir`` (our checkpoints/<experiment>/) and calls ``scontrol requeue $SLURM_JOB_ID``;
-SLURM then ends the job with SIGTERM and starts it again with the same command, and Lightning resumes
-from the newest ``hpc_ckpt_<n>.ckpt`` it finds there. Here ``scontrol`` is a script on ``PATH`` that
-records its arguments and sends SIGTERM back, as SLURM would.
+With ``SLURM_NTASKS`` set (srun's environment) Lightning picks its ``SLURMEnvironment`` with
+``auto_requeue=True``. On SIGUSR1 (``#SBATCH --signal=SIGUSR1@90``) its handler
+(lightning/pytorch/trainer/connectors/signal_connector.py) saves ``hpc_ckpt_<n>.ckpt`` in the Trainer's
+``default_root_dir`` (our checkpoints/<experiment>/) and calls ``scontrol requeue $SLURM_JOB_ID``; SLURM
+ends the job with SIGTERM and starts the script again, which resumes from the newest hpc checkpoint.
+Here ``srun`` runs its command as the one task, and ``scontrol`` records its arguments and sends
+SIGTERM back, as SLURM would.
 """
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,16 +22,18 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+SBATCH = ROOT / "docs/slurm/train.sbatch"
+CONFIG = "configs/resnet/mnist_resnet20.yaml"
 BATCHES = 2  # training batches an epoch: 38 of the 48 synthetic images train, by 16, the incomplete batch dropped
-RUN = [
-    sys.executable, "-m", "research", "fit", "--config", str(ROOT / "configs/resnet/mnist_resnet20.yaml"),
+TINY = [
     "--data", "research.data.SyntheticDataModule", "--data.num_samples", "48", "--data.num_classes", "4",
     "--data.img_size", "16", "--data.batch_size", "16", "--data.in_chans", "1",
     "--model.model", '{"name": "resnet20", "num_classes": 4, "in_chans": 1}',
     "--trainer.max_epochs", "3", "--trainer.limit_val_batches", "1", "--trainer.logger", "false",
-    "--trainer.accelerator", "cpu", "--trainer.devices", "1",
-    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--test_after_fit", "false",
+    "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false", "--test_after_fit", "false",
 ]
+SRUN = '#!/bin/sh\nexec "$@"  # one task, already in its environment\n'
 SCONTROL = """#!/bin/sh
 echo "$@" >> "$SCONTROL_LOG"
 kill -TERM $PPID  # SLURM ends the requeued job; Lightning's handler lets the step finish and stops
@@ -38,68 +42,86 @@ kill -TERM $PPID  # SLURM ends the requeued job; Lightning's handler lets the st
 
 @pytest.fixture
 def slurm(tmp_path) -> dict[str, str]:
-    """The environment of one srun task of job 4242 on one node, with the fake scontrol first on PATH."""
+    """The environment of job 4242's one task on one node, fake srun and scontrol first on PATH; configs/ linked."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(SCONTROL)
-    (bin_dir / "scontrol").chmod(0o755)
+    for name, text in (("srun", SRUN), ("scontrol", SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
     return {
         **os.environ,
         "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
         "SLURM_NNODES": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
-        "SLURM_NODELIST": "localhost", "MASTER_ADDR": "127.0.0.1",
-        "PATH": os.pathsep.join([str(bin_dir), os.environ["PATH"]]), "SCONTROL_LOG": str(tmp_path / "scontrol.log"),
+        "SLURM_NODELIST": "localhost", "SLURM_CPUS_PER_TASK": "1", "MASTER_ADDR": "127.0.0.1",
+        "PATH": os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]]),
+        "SCONTROL_LOG": str(tmp_path / "scontrol.log"),
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
+        "WANDB_MODE": "disabled",
     }
 
 
-def fit(args: list[str], env: dict[str, str], cwd: Path) -> str:
-    """Run the command to its end; its output."""
-    done = subprocess.run([*RUN, *args], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stdout[-3000:]
-    return done.stdout
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)["state_dict"]
+def start(command: list[str], env: dict[str, str], cwd: Path, **extra_env: str) -> subprocess.Popen:
+    """Start a run; each its own MASTER_PORT (SLURM's job would take its port from the job id: one at a time)."""
+    return subprocess.Popen(command, env={**env, "MASTER_PORT": str(free_port()), **extra_env}, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.mark.slow  # three runs of the command, two at a time: 50 to 90 s on the shared 2-core machine
-def test_sigusr1_saves_requeues_and_the_requeued_run_resumes_exactly(slurm, tmp_path):
-    # the uninterrupted run of the same length, meanwhile
-    uninterrupted = subprocess.Popen([*RUN, "--experiment", "straight"], env=slurm, cwd=tmp_path,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # the preempted job: SIGUSR1 at the end of the first epoch's last batch (our loaders resume only at a
-    # batch boundary of a whole epoch; see docs/guide.md)
-    marker = tmp_path / "at_step"
+def finish(process: subprocess.Popen, timeout: float = 120) -> str:
+    """Wait for the process to end well; its output."""
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def checkpoint(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+@pytest.mark.slow  # five runs of the command, two at a time: about 130 s on the shared 2-core machine
+def test_sigusr1_saves_requeues_and_the_requeued_job_resumes_exactly(slurm, tmp_path):
+    sbatch = ["bash", str(SBATCH), CONFIG, *TINY]
+    uninterrupted = start(sbatch, slurm, tmp_path, EXPERIMENT="straight")  # the same length, meanwhile
+
+    # the preempted job: SIGUSR1 at the end of the first epoch's last batch (our loaders resume exactly only
+    # from a whole epoch's batches; see docs/guide.md)
+    marker = tmp_path / "pid"
     wait = ["--trainer.callbacks+", "cluster_callbacks.WaitForSignal", "--trainer.callbacks.step", str(BATCHES),
             "--trainer.callbacks.marker", str(marker)]
-    job = subprocess.Popen([*RUN, "--experiment", "requeued", *wait], env=slurm, cwd=tmp_path,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = start([*sbatch, *wait], slurm, tmp_path, EXPERIMENT="requeued")
     deadline = time.monotonic() + 90
     while not marker.exists() and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert marker.exists(), job.communicate()[0][-3000:]
-    job.send_signal(signal.SIGUSR1)
-    output, _ = job.communicate(timeout=60)
-    assert job.returncode == 0, output[-3000:]  # stopped by SIGTERM after the step, not killed
+    os.kill(int(marker.read_text()), signal.SIGUSR1)  # SLURM signals the tasks, not the batch script
+    finish(job, timeout=60)  # stopped by SIGTERM after the step, not killed
 
     folder = tmp_path / "checkpoints/requeued"
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
     assert [p.name for p in folder.glob("hpc_ckpt_*.ckpt")] == ["hpc_ckpt_1.ckpt"]
-    assert torch.load(folder / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == BATCHES
-    # the epoch's validation ran before the stop, so last.ckpt holds the same step here (not in general: see
-    # docs/guide.md, "Preemption and requeue")
-    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == BATCHES
+    assert checkpoint(folder / "hpc_ckpt_1.ckpt")["global_step"] == BATCHES
+    shutil.copytree(folder, tmp_path / "checkpoints/by_lightning")
 
-    # SLURM starts the same command again: Lightning finds hpc_ckpt_1.ckpt and resumes from it
-    output = fit(["--experiment", "requeued"], slurm, tmp_path)
-    assert uninterrupted.wait(timeout=60) == 0, uninterrupted.communicate()[0][-3000:]
-    # resumed, not started from scratch (which would end with the same weights, too)
-    assert "Restoring states from the checkpoint path at checkpoints/requeued/hpc_ckpt_1.ckpt" in output
-    resumed, straight = weights(folder / "last.ckpt"), weights(tmp_path / "checkpoints/straight/last.ckpt")
-    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 3 * BATCHES
-    for name, value in straight.items():
-        assert torch.equal(value, resumed[name]), name
+    # SLURM runs the script again; it gives the hpc checkpoint as --ckpt_path. Beside it, the same fit
+    # without --ckpt_path: Lightning finds the hpc checkpoint in default_root_dir itself.
+    requeued = start(sbatch, slurm, tmp_path, EXPERIMENT="requeued")
+    by_lightning = start([sys.executable, "-m", "research", "fit", "--config", CONFIG, "--config",
+                          "configs/strategies/multinode.yaml", "--trainer.num_nodes", "1", "--trainer.devices", "1",
+                          *TINY, "--experiment", "by_lightning"], slurm, tmp_path)  # the script's command, by hand
+    outputs = {"requeued": finish(requeued), "by_lightning": finish(by_lightning)}
+    finish(uninterrupted)
+    straight = checkpoint(tmp_path / "checkpoints/straight/last.ckpt")["state_dict"]
+    assert "resuming from checkpoints/requeued/hpc_ckpt_1.ckpt" in outputs["requeued"]
+    for name, output in outputs.items():
+        # resumed, not started from scratch (which would end with the same weights, too)
+        assert f"Restoring states from the checkpoint path at checkpoints/{name}/hpc_ckpt_1.ckpt" in output
+        resumed = checkpoint(tmp_path / f"checkpoints/{name}/last.ckpt")
+        assert resumed["global_step"] == 3 * BATCHES
+        for key, value in straight.items():
+            assert torch.equal(value, resumed["state_dict"][key]), (name, key)
