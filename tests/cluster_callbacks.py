@@ -7,6 +7,7 @@ put tests/ on their ``PYTHONPATH``.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -49,3 +50,14 @@ class WaitForSignal(Callback):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no SIGUSR1 (no hpc checkpoint) within {self.timeout} s of step {self.step}")
             time.sleep(0.05)
+
+
+class SignalAt(Callback):
+    """At the end of training step ``step``, send SIGUSR1 to this process (SLURM's warning, in-process)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGUSR1)  # Python runs Lightning's handler before the next line

@@ -5,7 +5,8 @@ With ``SLURM_NTASKS`` set (srun's environment) Lightning picks its ``SLURMEnviro
 (lightning/pytorch/trainer/connectors/signal_connector.py) saves ``hpc_ckpt_<n>.ckpt`` in the Trainer's
 ``default_root_dir`` (our checkpoints/<experiment>/) and calls ``scontrol requeue $SLURM_JOB_ID``; SLURM
 ends the job with SIGTERM and starts the script again, which resumes from the newest hpc checkpoint.
-Here ``srun`` runs its command as the one task, and ``scontrol`` records its arguments and sends
+A quick in-process test signals a run and resumes from its hpc checkpoint; a slow one runs the script
+itself, where ``srun`` runs its command as the one task and ``scontrol`` records its arguments and sends
 SIGTERM back, as SLURM would.
 """
 
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from research.commands.fit import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "docs/slurm/train.sbatch"
@@ -82,6 +85,28 @@ def finish(process: subprocess.Popen, timeout: float = 120) -> str:
 
 def checkpoint(path: Path) -> dict:
     return torch.load(path, weights_only=True)
+
+
+def test_sigusr1_saves_an_hpc_checkpoint_that_resumes_exactly(slurm, tmp_path, monkeypatch):
+    """In-process and quick: the run that gets the signal goes on to its end, the uninterrupted run."""
+    (tmp_path / "bin/scontrol").write_text('#!/bin/sh\necho "$@" >> "$SCONTROL_LOG"\n')  # records, stops nothing
+    for name in ("SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_NNODES",
+                 "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_NODELIST", "PATH", "SCONTROL_LOG"):
+        monkeypatch.setenv(name, slurm[name])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["research"])
+    signalled = main(["fit", "--config", CONFIG, *TINY, "--trainer.devices", "1", "--experiment", "run",
+                      "--trainer.callbacks+", "cluster_callbacks.SignalAt", "--trainer.callbacks.step", str(BATCHES)])
+    hpc = tmp_path / "checkpoints/run/hpc_ckpt_1.ckpt"
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    assert checkpoint(hpc)["global_step"] == BATCHES
+    assert checkpoint(tmp_path / "checkpoints/run/last.ckpt")["global_step"] == 3 * BATCHES
+    resumed = main(["fit", "--config", CONFIG, *TINY, "--trainer.devices", "1", "--experiment", "run",
+                    "--ckpt_path", str(hpc)])
+    assert resumed.trainer.ckpt_path == str(hpc)  # resumed, not started from scratch (the same weights, too)
+    assert resumed.trainer.global_step == signalled.trainer.global_step == 3 * BATCHES
+    for name, value in signalled.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
 
 
 @pytest.mark.slow  # five runs of the command, two at a time: about 130 s on the shared 2-core machine
