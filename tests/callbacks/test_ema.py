@@ -152,3 +152,12 @@ def test_resuming_from_last_continues_the_raw_weights_and_the_average_exactly():
     ends = [torch.load(f"checkpoints/{name}/last.ckpt", weights_only=True) for name in ("straight", "cut")]
     assert largest_difference(ends[0]["current_model_state"], ends[1]["current_model_state"]) == 0  # raw weights
     assert ends[0]["averaging_state"]["n_averaged"] == ends[1]["averaging_state"]["n_averaged"] == 9
+
+
+def test_a_compiled_task_averages_the_same_weights_under_the_same_keys():
+    compiled = run("--trainer.max_epochs", "1", "--model.compile", '{"backend": "aot_eager"}', experiment="compiled")
+    eager = run("--trainer.max_epochs", "1", experiment="eager")
+    assert largest_difference(compiled.model.state_dict(), eager.model.state_dict()) == 0
+    checkpoint = torch.load("checkpoints/compiled/last.ckpt", weights_only=True)
+    keys = eager.model.state_dict().keys()  # without the compile wrapper's prefix
+    assert checkpoint["state_dict"].keys() == checkpoint["current_model_state"].keys() == keys
