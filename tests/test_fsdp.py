@@ -103,6 +103,46 @@ def test_bert_resumed_under_fsdp_ends_with_ddps_weights(tmp_path):
         assert_close(fsdp[rank]["weights"], ddp[0]["weights"])
 
 
+@pytest.mark.slow
+def test_fsdp_from_yaml_through_the_fit_command(tmp_path):
+    """configs/strategies/fsdp.yaml after a run's config trains sharded; its last.ckpt is tested in one process."""
+    config = ["--config", str(ROOT / "configs/vit/mnist_vit_tiny.yaml")]
+    quick = ["--trainer.accelerator", "cpu", "--data.init_args.batch_size", "16", "--trainer.limit_val_batches", "1",
+             "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    commands = [
+        ["fit", *config, "--config", str(ROOT / "configs/strategies/fsdp.yaml"), "--trainer.devices", "2",
+         "--trainer.max_steps", "2", "--test_after_fit", "false", *quick],
+        ["test", *config, "--trainer.devices", "1", "--ckpt_path", "last", *quick],
+    ]
+    for command in commands:
+        done = subprocess.run([sys.executable, "-m", "research", *command], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    checkpoint = torch.load(tmp_path / "checkpoints/vit/mnist_vit_tiny/last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 2
+    weight = checkpoint["state_dict"]["model.patch_embed.proj.weight"]
+    assert type(weight) is torch.Tensor and weight.shape == (192, 1, 4, 4)  # whole, not a shard
+    assert "test/acc" in done.stdout
+
+
+def test_fsdp_yaml_sets_the_strategy_and_keeps_the_runs_folder(capsys, monkeypatch):
+    """A trainer snippet after the run's config: checkpoints stay in the run's folder, not in strategies/fsdp."""
+    import yaml
+
+    from research.commands.fit import main
+
+    monkeypatch.setattr(sys, "argv", ["research"])
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "configs/vit/mnist_vit_tiny.yaml"), "--config",
+              str(ROOT / "configs/strategies/fsdp.yaml"), "--print_config"])
+    trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    assert trainer["strategy"]["class_path"] == "research.tasks.sharding.FSDP2Strategy"
+    callbacks = {c["class_path"].rsplit(".", 1)[1]: c["init_args"] for c in trainer["callbacks"]}
+    assert callbacks["ModelCheckpoint"]["dirpath"] == "checkpoints/vit/mnist_vit_tiny"
+
+
 def test_shard_units_are_the_outermost_blocks():
     from research.layers import Block
     from research.models import create_model

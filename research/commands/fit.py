@@ -221,9 +221,11 @@ class ResearchCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.get("experiment"):
             return config["experiment"]
-        files = config.get("config") or []
+        files = [str(file) for file in config.get("config") or []]
+        # the run's own config, not a trainer snippet after it (configs/strategies/, configs/trainer/)
+        runs = [file for file in files if Path(file).is_file() and "model" in read_config_file(file)]
         if files:
-            path = Path(str(files[-1])).with_suffix("")
+            path = Path((runs or files)[-1]).with_suffix("")
             parts = path.parts
             return "/".join(parts[parts.index("configs") + 1 :]) if "configs" in parts else path.name
         return f"{type(self.model).__name__}-{type(self.datamodule).__name__}".lower()
