@@ -1,6 +1,6 @@
-"""Callbacks that tests/test_multinode.py and tests/test_slurm_requeue.py add to ``python -m research fit``.
+"""What tests/test_multinode.py and tests/test_slurm_requeue.py add to ``python -m research fit``: callbacks, tiny runs.
 
-The runs import this module by name (``--trainer.callbacks+ cluster_callbacks.SaveWeights``): the tests
+The runs import the callbacks by name (``--trainer.callbacks+ cluster_callbacks.SaveWeights``): the tests
 put tests/ on their ``PYTHONPATH``.
 """
 
@@ -8,12 +8,35 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+
+
+def tiny_run(num_samples: int, max_epochs: int) -> list[str]:
+    """Arguments after configs/resnet/mnist_resnet20.yaml for a quick CPU run: ResNet-20 on 16 px synthetic images.
+
+    Batches of 16, one validation batch, no logger, progress bar, summary or test after fit.
+    """
+    return [
+        "--data", "research.data.SyntheticDataModule", "--data.num_samples", str(num_samples),
+        "--data.num_classes", "4", "--data.img_size", "16", "--data.batch_size", "16", "--data.in_chans", "1",
+        "--model.model", '{"name": "resnet20", "num_classes": 4, "in_chans": 1}',
+        "--trainer.max_epochs", str(max_epochs), "--trainer.limit_val_batches", "1", "--trainer.logger", "false",
+        "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--test_after_fit", "false",
+    ]
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now: each run's MASTER_PORT, so that runs side by side do not collide."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class SaveWeights(Callback):

@@ -9,31 +9,18 @@ processes meet over gloo and must end with the same weights.
 
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from cluster_callbacks import free_port, tiny_run
 
 from research.data import SyntheticDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/resnet/mnist_resnet20.yaml"
-TINY = [  # a small synthetic set, two epochs
-    "--data", "research.data.SyntheticDataModule", "--data.num_samples", "96", "--data.num_classes", "4",
-    "--data.img_size", "16", "--data.batch_size", "16", "--data.in_chans", "1",
-    "--model.model", '{"name": "resnet20", "num_classes": 4, "in_chans": 1}',
-    "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "1", "--trainer.logger", "false",
-    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-    "--test_after_fit", "false", "--experiment", "multinode",
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+TINY = [*tiny_run(num_samples=96, max_epochs=2), "--experiment", "multinode"]
 
 
 def test_two_nodes_on_localhost_end_with_the_same_weights(tmp_path):
@@ -50,7 +37,7 @@ def test_two_nodes_on_localhost_end_with_the_same_weights(tmp_path):
         }
         command = [sys.executable, "-m", "research", "fit", "--config", str(CONFIG),
                    "--config", str(ROOT / "configs/strategies/multinode.yaml"), *TINY,
-                   "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+                   "--trainer.devices", "1",
                    "--trainer.callbacks+", "cluster_callbacks.SaveWeights",
                    "--trainer.callbacks.dirpath", str(tmp_path / "weights")]
         nodes.append(subprocess.Popen(command, env=env, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

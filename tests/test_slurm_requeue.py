@@ -13,7 +13,6 @@ SIGTERM back, as SLURM would.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cluster_callbacks import free_port, tiny_run
 
 from research.commands.fit import main
 
@@ -28,14 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "docs/slurm/train.sbatch"
 CONFIG = "configs/resnet/mnist_resnet20.yaml"
 BATCHES = 2  # training batches an epoch: 38 of the 48 synthetic images train, by 16, the incomplete batch dropped
-TINY = [
-    "--data", "research.data.SyntheticDataModule", "--data.num_samples", "48", "--data.num_classes", "4",
-    "--data.img_size", "16", "--data.batch_size", "16", "--data.in_chans", "1",
-    "--model.model", '{"name": "resnet20", "num_classes": 4, "in_chans": 1}',
-    "--trainer.max_epochs", "3", "--trainer.limit_val_batches", "1", "--trainer.logger", "false",
-    "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-    "--trainer.enable_model_summary", "false", "--test_after_fit", "false",
-]
+TINY = tiny_run(num_samples=48, max_epochs=3)
 SRUN = '#!/bin/sh\nexec "$@"  # one task, already in its environment\n'
 SCONTROL = """#!/bin/sh
 echo "$@" >> "$SCONTROL_LOG"
@@ -62,12 +55,6 @@ def slurm(tmp_path) -> dict[str, str]:
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
         "WANDB_MODE": "disabled",
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(command: list[str], env: dict[str, str], cwd: Path, **extra_env: str) -> subprocess.Popen:
