@@ -5,7 +5,8 @@ data-dependent branch, ``.item()``, an untraceable call), which costs speed and,
 ``fullgraph=True``, raises. Tiny models of each family run in training mode (dropout off, so
 the outputs are comparable) through the ``aot_eager`` backend: dynamo's capture and AOTAutograd's
 forward/backward split without Inductor's code generation, so the test takes seconds; the
-outputs and the gradients must equal eager's. Swin's window masks take dynamo longest: slow.
+outputs and the gradients must equal eager's; the Transformer's incremental decoding (a KV cache growing in
+place) also compiles whole. Swin's window masks take dynamo longest: slow.
 """
 
 import pytest
@@ -69,3 +70,22 @@ def test_the_model_compiles_whole_and_matches_eager(name):
     assert grads[0]
     for eager, traced in zip(*grads, strict=True):
         torch.testing.assert_close(traced, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_incremental_decoding_compiles_whole_and_matches_eager():
+    # Transformer.decode with a KV cache that grows in place by one position a call, as greedy and beam search use it
+    torch.manual_seed(0)
+    model = CASES["transformer"][0]().eval()
+    src, tgt = CASES["transformer"][1]()
+    torch._dynamo.reset()
+    decode = torch.compile(model.decode, fullgraph=True, backend="aot_eager", dynamic=True)
+    try:
+        with torch.no_grad():
+            memory, eager_cache, compiled_cache = model.encode(src), None, None
+            for i in range(tgt.shape[1]):
+                eager, eager_cache = model.decode(tgt[:, i:i + 1], memory, eager_cache)
+                traced, compiled_cache = decode(tgt[:, i:i + 1], memory, compiled_cache)
+                torch.testing.assert_close(traced, eager)
+    finally:
+        torch._dynamo.reset()
+    assert compiled_cache.length == eager_cache.length == tgt.shape[1]
