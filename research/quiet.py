@@ -33,6 +33,10 @@ def silence_known_noise() -> None:
     rank_zero.addFilter(_DropMessage("💡 Tip: For seamless cloud"))
     # the fit command adds its own model summary (research.callbacks.summary); Lightning says so at every start.
     rank_zero.addFilter(_DropMessage("Trainer already configured with model summary callbacks"))
+    # WeightAveraging (EMA) warns of sharding whenever a task overrides configure_model; ours fits the model to its
+    # data there and shards only under FSDP2Strategy, which refuses weight averaging with its own message.
+    warnings.filterwarnings("ignore", message="You're using the WeightAveraging callback with a model that overrides",
+                            category=UserWarning)
     # lightning/pytorch/utilities/_pytree.py builds a LeafSpec, which torch >= 2.9 deprecates; Lightning's to fix.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")

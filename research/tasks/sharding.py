@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed._composable import checkpoint as checkpoint_activations
@@ -118,8 +119,9 @@ def shard_task(task: L.LightningModule) -> None:
     ``ModelParallelStrategy`` gets the defaults.
 
     Raises:
-        ValueError: a mesh with tensor parallelism, a task without a ``model``, or trainable parameters
-            outside ``task.model`` (no process would average their gradients).
+        ValueError: a mesh with tensor parallelism, a task without a ``model``, trainable parameters
+            outside ``task.model`` (no process would average their gradients), or a weight-averaging (EMA)
+            callback, which Lightning does not support on sharded models.
     """
     mesh = task.device_mesh
     if mesh["tensor_parallel"].size() > 1:
@@ -133,6 +135,12 @@ def shard_task(task: L.LightningModule) -> None:
         raise ValueError(f"{type(task).__name__} has no `model` to shard; train it with strategy: ddp")
     if isinstance(model, FSDPModule):
         return  # a later fit/validate/test of the same task
+    averaging = [type(c).__name__ for c in task.trainer.callbacks if isinstance(c, WeightAveraging)]
+    if averaging:
+        # Lightning's WeightAveraging copies the whole unsharded model and averages it on one process.
+        raise ValueError(
+            f"{averaging[0]} does not average a sharded model; train with strategy: ddp, or drop the callback"
+        )
     strategy = task.trainer.strategy
     options = strategy.sharding_options if isinstance(strategy, FSDP2Strategy) else {}
     shard_model(model, mesh["data_parallel"], **options)
