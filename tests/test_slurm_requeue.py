@@ -96,6 +96,30 @@ def test_sigusr1_saves_an_hpc_checkpoint_that_resumes_exactly(slurm, tmp_path, m
         assert torch.equal(value, resumed.model.state_dict()[name]), name
 
 
+def test_ckpt_path_last_is_the_preemption_checkpoint_when_it_is_newer(slurm, tmp_path, monkeypatch):
+    """A job ended after SIGUSR1 leaves hpc_ckpt_1.ckpt newer than last.ckpt: --ckpt_path last resumes from it.
+
+    The signal lands at an epoch's last batch: our loaders do not resume inside an epoch (Lightning warns).
+    """
+    (tmp_path / "bin/scontrol").write_text('#!/bin/sh\necho "$@" >> "$SCONTROL_LOG"\n')
+    for name in ("SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_NNODES",
+                 "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_NODELIST", "PATH", "SCONTROL_LOG"):
+        monkeypatch.setenv(name, slurm[name])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["research"])
+    run = ["fit", "--config", CONFIG, *TINY, "--trainer.devices", "1", "--experiment", "run"]
+    signalled = main([*run, "--trainer.callbacks+", "cluster_callbacks.SignalAt",
+                      "--trainer.callbacks.step", str(BATCHES)])
+    folder = tmp_path / "checkpoints/run"
+    os.utime(folder / "last.ckpt", ns=(1, 1))  # as if SLURM had ended the job at the signal: last.ckpt is older
+    resumed = main([*run, "--ckpt_path", "last"])
+    assert Path(resumed.trainer.ckpt_path).resolve() == folder / "hpc_ckpt_1.ckpt"
+    assert checkpoint(folder / "hpc_ckpt_1.ckpt")["global_step"] == BATCHES
+    assert resumed.trainer.global_step == signalled.trainer.global_step == 3 * BATCHES
+    for name, value in signalled.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
 @pytest.mark.slow  # five runs of the command, two at a time: about 130 s on the shared 2-core machine
 def test_sigusr1_saves_requeues_and_the_requeued_job_resumes_exactly(slurm, tmp_path):
     sbatch = ["bash", str(SBATCH), CONFIG, *TINY]

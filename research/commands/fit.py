@@ -264,19 +264,22 @@ class ResearchCLI(LightningCLI):
         return CHECKPOINT_ROOT / self.experiment_name()
 
     def resolve_ckpt_path(self) -> str | None:
-        """``last`` and ``best`` as files of this experiment's checkpoint folder; an error if missing."""
+        """``last`` (the newer of last.ckpt and SLURM's hpc_ckpt_<n>.ckpt) and ``best`` as files of the run's folder."""
         ckpt_path = self._get(self.config, "ckpt_path") if self.subcommand else None
         if ckpt_path == "best":
             return str(best_checkpoint(self.checkpoint_folder()))
         if ckpt_path == "last":
-            last = self.checkpoint_folder() / LAST
-            if not last.is_file():
+            folder = self.checkpoint_folder()
+            # last.ckpt, or the checkpoint Lightning writes on SLURM's preemption signal (hpc_ckpt_<n>.ckpt, in the
+            # same folder) when that is newer: a requeued job resumes with --ckpt_path last, as Lightning's own "last".
+            found = [path for path in (folder / LAST, *folder.glob("hpc_ckpt_*.ckpt")) if path.is_file()]
+            if not found:
                 raise FileNotFoundError(
-                    f"--ckpt_path last: there is no {last}, so there is nothing to resume or load. Check "
+                    f"--ckpt_path last: there is no {folder / LAST}, so there is nothing to resume or load. Check "
                     "--experiment (the default is the config's <family>/<name>), give a checkpoint file as "
                     "--ckpt_path PATH, or drop --ckpt_path to start from scratch"
                 )
-            return str(last)
+            return str(max(found, key=lambda path: path.stat().st_mtime_ns))
         return ckpt_path
 
     def _parse_ckpt_path(self) -> None:
