@@ -8,40 +8,22 @@ attacks whose outcome the test decides, so none of them can pass by construction
 
 import pytest
 import torch
-import torch.nn.functional as F
+from mnist_digits import digits, fit_digits
 from torch import nn
 
 from research.attacks import registry
 from research.attacks.sanity import rise_p_value, sanity_markdown, sanity_panel
-from research.data import EmbeddedMNISTDataModule
 
 CHECKS = ("more steps do not raise accuracy", "more restarts do not raise accuracy",
           "accuracy reaches 0% at L-inf eps 0.5", "iterative at least as strong as one step")
-
-
-def digits(split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    dm = EmbeddedMNISTDataModule()
-    dm.setup("fit")
-    subset = getattr(dm, f"{split}_set")
-    # A fixed random draw: the file is sorted by label.
-    order = torch.randperm(len(subset), generator=torch.Generator().manual_seed(0))[:count]
-    images, labels = subset.dataset.read_batch([subset.indices[i] for i in order])
-    return images.float() / 255, labels
 
 
 @pytest.fixture(scope="module")
 def mlp():
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
-    x, y = digits("train", 2000)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(3):
-        for idx in torch.randperm(len(x)).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
+    return fit_digits(nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10)),
+                      epochs=3, count=2000)
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,10 @@ embedded MNIST digits.
 
 import pytest
 import torch
-import torch.nn.functional as F
+from mnist_digits import digits, fit_digits
 from torch import nn
 
 from research.attacks import pgd
-from research.data import EmbeddedMNISTDataModule
 from research.models import create_model
 
 torchattacks = pytest.importorskip("torchattacks")
@@ -20,41 +19,17 @@ torchattacks = pytest.importorskip("torchattacks")
 STEPS, STEP_SIZE = 40, 0.01  # Madry et al.'s MNIST attack: 40 steps of 0.01
 
 
-def digits(split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    dm = EmbeddedMNISTDataModule()
-    dm.setup("fit")
-    subset = getattr(dm, f"{split}_set")
-    # A fixed random draw: the file is sorted by label, so the first images are all zeros.
-    order = torch.randperm(len(subset), generator=torch.Generator().manual_seed(0))[:count]
-    images, labels = subset.dataset.read_batch([subset.indices[i] for i in order])
-    return images.float() / 255, labels
-
-
 def trained(model: nn.Module, epochs: int) -> nn.Module:
     torch.manual_seed(0)
-    x, y = digits("train", 4000)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x)).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
+    return fit_digits(model, epochs=epochs, count=4000)
 
 
 def seeded_mlp() -> nn.Module:
     """The MLP of the Square and FAB-T tests, whose figures were measured on it: seeded before it is built,
     then trained 5 epochs on 4,000 digits without re-seeding (so not :func:`trained`'s weights)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
-    x, y = digits("train", 4000)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(5):
-        for idx in torch.randperm(len(x)).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
+    return fit_digits(nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10)),
+                      epochs=5, count=4000)
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
