@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +71,25 @@ def _one_line(message: str) -> str:
     return " ".join(line.strip() for line in message.strip().splitlines() if line.strip())
 
 
+# A task's optimizer arguments before they became one group (research.tasks.optim.OptimizerSettings, `optim:`),
+# with their name inside it: a config written for the flat arguments gets the new spelling in its error.
+_FORMER_OPTIMIZER_ARGUMENTS = {
+    "optimizer": "name", "base_lr": "lr", "lr_scale": "lr", **{name: name for name in (
+        "lr", "weight_decay", "momentum", "nesterov", "betas", "warmup_epochs", "warmup_steps", "min_lr_ratio",
+        "schedule", "cycle_peak", "layer_decay")},
+}
+
+
+def _former_optimizer_hint(text: str) -> str:
+    """For ``Option 'lr' is not accepted`` under the task (``model``): where that setting is now."""
+    match = re.search(r"Option '(\w+)' is not accepted", text)
+    if 'Parser key "model"' not in text or not match or match[1] not in _FORMER_OPTIMIZER_ARGUMENTS:
+        return ""
+    name = _FORMER_OPTIMIZER_ARGUMENTS[match[1]]
+    return (f"; the optimizer settings are one group now: --model.init_args.optim.{name} "
+            f"(in YAML, optim: {{{name}: ...}} under the model's init_args)")
+
+
 def _parser_message(err: argparse.ArgumentError) -> str:
     """The parser's message without its dump of the value: the first error under ``Errors:``."""
     text = str(err)
@@ -88,7 +108,7 @@ def _parser_message(err: argparse.ArgumentError) -> str:
         if first.startswith("Expected a") and value and len(value) < 60:
             first += f", got {value!r}"
         text = f"{head}: {first}" if head else first
-    return f"{_one_line(text)} (--help lists the options)"
+    return f"{_one_line(text)}{_former_optimizer_hint(text)} (--help lists the options)"
 
 
 def _from_worker(message: str) -> str:

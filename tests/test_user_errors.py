@@ -101,6 +101,21 @@ def test_an_unknown_option_is_one_line(capsys):
         fit.main(["fit", "--config", config(), "--model.init_args.lrr", "0.1"])
 
 
+@pytest.mark.parametrize("where", ["command line", "yaml"])
+def test_a_former_flat_optimizer_argument_names_its_place_in_the_optim_group(where, capsys):
+    """Configs written before the optimizer group (``optimizer: sgd`` under init_args) say where it went."""
+    if where == "yaml":
+        text = TINY.replace("    model: {name: five_layer_cnn", "    optimizer: sgd\n    model: {name: five_layer_cnn")
+        command = ["fit", "--config", config(text)]
+    else:
+        command = ["fit", "--config", config(), "--model.init_args.optimizer", "sgd"]
+    last = printed(capsys, lambda: fit.main(command))
+    assert "Option 'optimizer' is not accepted; the optimizer settings are one group now: " \
+           "--model.init_args.optim.name (in YAML, optim: {name: ...} under the model's init_args)" in last
+    last = printed(capsys, lambda: fit.main(["fit", "--config", config(), "--model.init_args.lrr", "0.1"]))
+    assert "one group now" not in last  # only the former names get the hint
+
+
 def test_reproduce_exits_with_its_status_through_the_entry_point(capsys):
     from research.commands.reproduce import main
 
