@@ -2,6 +2,7 @@
 
 from research.attacks.apgd import apgd, apgd_targeted
 from research.attacks.balls import BALLS, L2Ball, LinfBall
+from research.attacks.embedding import embedding_perturbation, embedding_pgd, freelb_init, freelb_update
 from research.attacks.ensemble import autoattack, autoattack_ensemble
 from research.attacks.fab import fab_targeted
 from research.attacks.fgsm import fgsm
@@ -19,8 +20,12 @@ __all__ = [
     "attack_mode",
     "autoattack",
     "autoattack_ensemble",
+    "embedding_perturbation",
+    "embedding_pgd",
     "fab_targeted",
     "fgsm",
+    "freelb_init",
+    "freelb_update",
     "mart_attack",
     "per_example_cross_entropy",
     "pgd",

@@ -57,6 +57,9 @@ class BertEmbeddings(nn.Module):
         self.word_embeddings = nn.Embedding(vocab_size, embed_dim)
         self.position_embeddings = nn.Embedding(max_positions, embed_dim)
         self.token_type_embeddings = nn.Embedding(type_vocab_size, embed_dim)
+        # Hook point (parameter-free): its output is token + position + segment embeddings before the
+        # LayerNorm, what embedding-space attacks perturb with include_position=True (EmbeddingInputs).
+        self.embed_sum = nn.Identity()
         self.norm = nn.LayerNorm(embed_dim, eps=LAYER_NORM_EPS)
         self.dropout = nn.Dropout(drop_rate)
 
@@ -77,7 +80,7 @@ class BertEmbeddings(nn.Module):
             x = x + self.token_type_embeddings.weight[0]
         else:
             x = x + self.token_type_embeddings(token_type_ids)
-        return self.dropout(self.norm(x))
+        return self.dropout(self.norm(self.embed_sum(x)))
 
 
 class Bert(nn.Module):
@@ -164,6 +167,19 @@ class Bert(nn.Module):
             x = block(x, key_padding_mask=padding_mask)
         return x
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The token table (V, H) (:class:`~research.models.protocols.EmbeddingInputs`)."""
+        return self.embeddings.word_embeddings
+
+    def embedding_output(self, include_position: bool = False) -> nn.Module:
+        """The module whose output an embedding-space attack perturbs (``EmbeddingInputs``, models/protocols.py).
+
+        ``include_position=False``: the token table itself, its output the (B, N, H) token
+        embeddings (what Hugging Face's ``inputs_embeds`` replaces, and what FreeLB perturbs);
+        ``True``: the sum token + position + segment embeddings, before the LayerNorm and dropout.
+        """
+        return self.embeddings.embed_sum if include_position else self.embeddings.word_embeddings
+
     def pool(self, x: Tensor) -> Tensor:
         """The pooled ``[CLS]`` representation (tanh of a dense layer) for sentence-level heads.
 
@@ -236,6 +252,17 @@ class BertForMaskedLM(nn.Module):
     ) -> Tensor:
         """The encoder's output, (B, N, H); arguments as :meth:`Bert.forward`."""
         return self.bert(input_ids, token_type_ids, padding_mask)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The token table of the encoder (:meth:`Bert.get_input_embeddings`)."""
+        return self.bert.get_input_embeddings()
+
+    def embedding_output(self, include_position: bool = False) -> nn.Module:
+        """The encoder's embedding point (:meth:`Bert.embedding_output`).
+
+        The tied MLM decoder reads the table's weight, not its output, so it is not perturbed.
+        """
+        return self.bert.embedding_output(include_position)
 
     def mlm_logits(self, x: Tensor) -> Tensor:
         """Vocabulary logits (..., V) of hidden states (..., H); a task may pass only the masked positions."""

@@ -74,6 +74,21 @@ class GRUClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.num_features, num_classes)
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The token table (:class:`~research.models.protocols.EmbeddingInputs`)."""
+        return self.embedding
+
+    def embedding_output(self, include_position: bool = False) -> nn.Module:
+        """The token table, whose (B, L, E) output the GRU reads (:class:`~research.models.protocols.EmbeddingInputs`).
+
+        Raises:
+            ValueError: ``include_position=True``: a recurrent model has no position embeddings.
+        """
+        if include_position:
+            raise ValueError("GRUClassifier has no position embeddings (a GRU reads positions in order); "
+                             "use embeddings='token'")
+        return self.embedding
+
     def forward_features(self, tokens: Tensor, lengths: Tensor | None = None) -> Tensor:
         """The last GRU layer's final hidden state, directions concatenated.
 

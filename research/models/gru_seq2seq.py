@@ -96,6 +96,21 @@ class GRUSeq2Seq(nn.Module):
         self.output = nn.Linear(readout_dim, vocab_size)  # W_o
         self.drop = nn.Dropout(dropout)
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The source token table (:class:`~research.models.protocols.EmbeddingInputs`); the target has its own."""
+        return self.src_embed
+
+    def embedding_output(self, include_position: bool = False) -> nn.Module:
+        """The source token table, whose (B, S, m) output the encoder reads (``EmbeddingInputs``).
+
+        Raises:
+            ValueError: ``include_position=True``: a recurrent model has no position embeddings.
+        """
+        if include_position:
+            raise ValueError("GRUSeq2Seq has no position embeddings (a GRU reads positions in order); "
+                             "use embeddings='token'")
+        return self.src_embed
+
     def encode(self, src: Tensor) -> GRUMemory:
         """Encode a right-padded source batch.
 

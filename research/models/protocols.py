@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @runtime_checkable
@@ -84,6 +84,27 @@ class SequenceClassifier(Protocol):
 
     vocab_size: int
     num_classes: int
+
+
+@runtime_checkable
+class EmbeddingInputs(Protocol):
+    """A model of token ids whose input embeddings an attack can reach (embedding-space adversarial training).
+
+    - ``get_input_embeddings()``: the token table, an ``nn.Embedding`` (Hugging Face's name).
+    - ``embedding_output(include_position=False)``: the module whose forward output is the (B, T, D)
+      embeddings of the model's (encoder's) input tokens, called exactly once per forward of that
+      input: the token embeddings after any scaling (``include_position=False``), or token +
+      position embeddings before LayerNorm/dropout (``include_position=True``). A model without
+      positions raises ``ValueError`` for ``include_position=True``. Where the model has no such
+      module, it holds a parameter-free ``nn.Identity()`` hook point (timm's habit), so state-dict
+      keys are unchanged.
+
+    :func:`research.attacks.embedding_perturbation` adds a perturbation to that output.
+    """
+
+    def get_input_embeddings(self) -> nn.Embedding: ...
+
+    def embedding_output(self, include_position: bool = False) -> nn.Module: ...
 
 
 def missing_members(model: object, protocol: type) -> list[str]:

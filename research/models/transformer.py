@@ -108,6 +108,10 @@ class Transformer(nn.Module):
         self.max_positions = max_positions
         self.embed = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
         self.register_buffer("pos_embed", sincos_pos_embed_1d(max_positions, dim), persistent=False)
+        # Parameter-free hook points of the encoder's input (EmbeddingInputs): the sqrt(d)-scaled source
+        # token embeddings, and those plus the positions before dropout. The decoder has none.
+        self.encoder_token_embed = nn.Identity()
+        self.encoder_input_embed = nn.Identity()
         self.drop = nn.Dropout(dropout)
         block_args = dict(
             mlp_ratio=ffn_dim / dim,
@@ -145,10 +149,29 @@ class Transformer(nn.Module):
                 f"shorten or split the sequence, or build the model with max_positions>={length}"
             )
 
-    def _embed(self, tokens: Tensor, offset: int = 0) -> Tensor:
-        """Scaled token embedding plus sinusoidal positions offset..offset+N-1, (B, N) -> (B, N, C)."""
+    def _embed(self, tokens: Tensor, offset: int = 0, points: tuple[nn.Module, nn.Module] | None = None) -> Tensor:
+        """Scaled token embedding plus sinusoidal positions offset..offset+N-1, (B, N) -> (B, N, C).
+
+        ``points``: the (token, token + position) hook points the sums pass through (the encoder's).
+        """
         x = self.embed(tokens) * math.sqrt(self.dim)
-        return self.drop(x + self.pos_embed[offset : offset + tokens.shape[1]])
+        if points is None:
+            return self.drop(x + self.pos_embed[offset : offset + tokens.shape[1]])
+        x = points[0](x)
+        return self.drop(points[1](x + self.pos_embed[offset : offset + tokens.shape[1]]))
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The shared token table (V, C) (:class:`~research.models.protocols.EmbeddingInputs`)."""
+        return self.embed
+
+    def embedding_output(self, include_position: bool = False) -> nn.Module:
+        """The encoder's embedding point (:class:`~research.models.protocols.EmbeddingInputs`).
+
+        Its output is the (B, S, C) source token embeddings after the sqrt(d) scaling
+        (``include_position=False``), or those plus the sinusoidal positions before dropout
+        (``True``). The decoder's inputs are not perturbed (the table is shared, the point is not).
+        """
+        return self.encoder_input_embed if include_position else self.encoder_token_embed
 
     def encode(self, src: Tensor) -> EncoderMemory:
         """Encode a padded source batch.
@@ -162,7 +185,7 @@ class Transformer(nn.Module):
         """
         self._check_length(src.shape[1], "the source")
         padding_mask = src == self.pad_id
-        x = self._embed(src)
+        x = self._embed(src, points=(self.encoder_token_embed, self.encoder_input_embed))
         for block in self.encoder:
             x = block(x, key_padding_mask=padding_mask)
         return EncoderMemory(self.encoder_norm(x), padding_mask)

@@ -27,9 +27,10 @@ from research.models.protocols import MaskedLanguageModel
 from research.tasks.base import Task
 from research.tasks.checks import check_max_length, check_vocabulary
 from research.tasks.optim import OptimizerSettings
+from research.tasks.token_inputs import TokenInputs
 
 
-class MaskedLanguageModelling(Task):
+class MaskedLanguageModelling(TokenInputs, Task):
     """Pre-train a BERT-style encoder by predicting masked tokens (and, optionally, the next sentence).
 
     Batches come from :class:`~research.data.MaskedLanguageModellingDataModule`. Logged: ``train/loss`` (MLM,
@@ -134,6 +135,20 @@ class MaskedLanguageModelling(Task):
             out |= {"nsp_loss": nsp_loss, "loss": mlm_loss + nsp_loss}  # BERT sums the two (App. A.2)
             out["nsp_correct"] = (nsp_logits.argmax(-1) == batch["next_sentence_label"]).float()
         return out
+
+    def perturbable_tokens(self, batch: dict[str, Tensor]) -> Tensor:
+        """The input tokens an embedding-space attack may perturb, bool (B, N).
+
+        Not padding, [CLS], [SEP] or [MASK] (``TokenInputs.special_token_ids``); a selected token that
+        the collator kept or replaced by a random one is an ordinary input token.
+        """
+        ordinary = self.ordinary_tokens(batch["input_ids"])
+        padding = batch.get("padding_mask")
+        return ordinary if padding is None else ordinary & ~padding
+
+    def adversarial_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """The training loss of the batch (MLM, plus NSP when the batch has it), float32, without logging."""
+        return self._losses(batch)["loss"].float()
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self._losses(batch)

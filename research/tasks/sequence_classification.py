@@ -14,6 +14,7 @@ the spec saved in checkpoints records them, so a checkpoint loads without the da
 from __future__ import annotations
 
 import lightning as L
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
@@ -22,12 +23,13 @@ from research.metrics import MostFrequentAccuracy
 from research.models.protocols import SequenceClassifier
 from research.tasks.base import Task
 from research.tasks.optim import OptimizerSettings
+from research.tasks.token_inputs import TokenInputs
 
 # what the task reads from the data and passes to the model spec when the spec lacks it
 _FROM_DATA = ("vocab_size", "num_classes", "pad_id")
 
 
-class SequenceClassification(Task):
+class SequenceClassification(TokenInputs, Task):
     """Train a classifier on padded token sequences with cross-entropy.
 
     Batches are dicts with ``tokens`` (B, L), ``lengths`` (B,) and ``labels`` (B,)
@@ -106,6 +108,23 @@ class SequenceClassification(Task):
 
         """
         return self.model(tokens, lengths)
+
+    def perturbable_tokens(self, batch: dict[str, Tensor]) -> Tensor:
+        """The tokens an embedding-space attack may perturb, bool (B, L).
+
+        Within each row's ``lengths`` (all of the row without them) and not a special token
+        (padding, [CLS], [SEP], [MASK]; :meth:`~research.tasks.token_inputs.TokenInputs.special_token_ids`).
+        """
+        tokens, lengths = batch["tokens"], batch.get("lengths")
+        ordinary = self.ordinary_tokens(tokens)
+        if lengths is None:
+            return ordinary
+        inside = torch.arange(tokens.shape[1], device=tokens.device) < lengths.to(tokens.device)[:, None]
+        return ordinary & inside
+
+    def adversarial_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """The training loss of the batch (cross-entropy), float32, without logging or metric updates."""
+        return F.cross_entropy(self(batch["tokens"], batch.get("lengths")).float(), batch["labels"])
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits = self(batch["tokens"], batch.get("lengths"))

@@ -37,6 +37,7 @@ from research.models.protocols import Seq2SeqModel
 from research.tasks.base import Task
 from research.tasks.checks import check_max_length, check_vocabulary
 from research.tasks.optim import OptimizerSettings
+from research.tasks.token_inputs import TokenInputs
 
 Decoding = Literal["greedy", "beam"]
 
@@ -68,7 +69,7 @@ def label_smoothed_loss(logits: Tensor, targets: Tensor, *, pad_id: int, smoothi
     return (1 - smoothing) * nll - smoothing * log_probs.mean(-1).mean(), nll.detach()
 
 
-class Translation(Task):
+class Translation(TokenInputs, Task):
     """Train an encoder-decoder on sentence pairs; measure BLEU; log sample translations.
 
     Batches come from :class:`~research.data.TranslationDataModule`. Logged: ``train/loss``
@@ -217,6 +218,19 @@ class Translation(Task):
         pad = self.model.pad_id
         loss, nll = label_smoothed_loss(logits, batch["tgt_out"], pad_id=pad, smoothing=self.hparams.label_smoothing)
         return loss, nll, int((batch["tgt_out"] != pad).sum())
+
+    def special_token_ids(self) -> list[int]:
+        """The tokenizer's special ids (:class:`~research.tasks.token_inputs.TokenInputs`) plus BOS and EOS."""
+        extra = [self.hparams.bos_id, self.hparams.eos_id]
+        return sorted({*super().special_token_ids(), *(i for i in extra if i is not None)})
+
+    def perturbable_tokens(self, batch: dict) -> Tensor:
+        """The source tokens an attack may perturb, bool (B, S): True except padding and special tokens."""
+        return self.ordinary_tokens(batch["src"])
+
+    def adversarial_loss(self, batch: dict) -> Tensor:
+        """The training loss of the batch (label-smoothed cross-entropy), float32, without logging."""
+        return self._losses(batch)[0].float()
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss, nll, _ = self._losses(batch)
