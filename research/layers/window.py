@@ -160,12 +160,21 @@ class WindowAttention(Attention):
         num_heads: attention heads h.
         window_size: M or (Mh, Mw): the largest window, which sizes the bias table.
         shifted: SW-MSA (roll the map by floor(M/2) first) instead of W-MSA.
+        use_rel_pos_bias: add Eq. 4's learned relative position bias (the paper's default); False
+            leaves out the table (timm BEiT's name), for the "no pos." / "abs. pos." rows of Table 4.
         **attn_args: ``qkv_bias``, ``attn_drop``, ``proj_drop`` of :class:`~research.layers.Attention`.
 
     """
 
     def __init__(
-        self, dim: int, num_heads: int, *, window_size: int | tuple[int, int], shifted: bool = False, **attn_args
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        window_size: int | tuple[int, int],
+        shifted: bool = False,
+        use_rel_pos_bias: bool = True,
+        **attn_args,
     ) -> None:
         super().__init__(dim, num_heads, **attn_args)
         self.window_size = to_2tuple(window_size)
@@ -173,9 +182,11 @@ class WindowAttention(Attention):
             raise ValueError(f"window_size must be positive, got {window_size}")
         self.shifted = shifted
         mh, mw = self.window_size
-        # one learned bias per head and relative offset (Eq. 4): (2M-1)^2 x h
-        self.relative_position_bias_table = nn.Parameter(torch.empty((2 * mh - 1) * (2 * mw - 1), num_heads))
-        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self.relative_position_bias_table = None
+        if use_rel_pos_bias:
+            # one learned bias per head and relative offset (Eq. 4): (2M-1)^2 x h
+            self.relative_position_bias_table = nn.Parameter(torch.empty((2 * mh - 1) * (2 * mw - 1), num_heads))
+            nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.register_buffer("relative_position_index", None, persistent=False)
         self.register_buffer("attn_mask", None, persistent=False)
         self._buffers_key: tuple | None = None  # (H, W, device) the two buffers were built for
@@ -198,12 +209,17 @@ class WindowAttention(Attention):
         self.attn_mask = cyclic_shift_mask(height, width, window, shift, device=device) if any(shift) else None
         self._buffers_key = key
 
-    def _attention_bias(self, batch: int, window: tuple[int, int]) -> Tensor:
+    def _attention_bias(self, batch: int, window: tuple[int, int]) -> Tensor | None:
         """Relative position bias plus the shift mask, as one mask broadcastable to (B * nW, h, N, N).
 
         Call after :meth:`_refresh_buffers`. Without a shift the bias is (1, h, N, N) and broadcasts
         over every window; with one, each window has its own mask, so the sum is repeated per image.
+        Without the bias table it is the shift mask alone, (B * nW, 1, N, N), or None (no mask at all).
         """
+        if self.relative_position_bias_table is None:
+            if self.attn_mask is None:
+                return None
+            return repeat(self.attn_mask[:, None], "w 1 i j -> (b w) 1 i j", b=batch)
         n = window[0] * window[1]
         bias = self.relative_position_bias_table[self.relative_position_index]  # (N*N, h)
         bias = rearrange(bias, "(i j) h -> h i j", i=n)
@@ -242,4 +258,5 @@ class WindowAttention(Attention):
         return x[:, :h, :w] if pad_h or pad_w else x
 
     def extra_repr(self) -> str:
-        return f"window_size={self.window_size}, shifted={self.shifted}"
+        rel = "" if self.relative_position_bias_table is not None else ", use_rel_pos_bias=False"
+        return f"window_size={self.window_size}, shifted={self.shifted}{rel}"

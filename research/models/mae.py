@@ -21,6 +21,10 @@ Deviations from the official code:
   patch grid may be non-square.
 - A keep count of zero, an image size the patch does not divide, or a mask ratio outside (0, 1)
   raise ``ValueError`` instead of asserting.
+- ``mask_token_in_encoder=True`` is Table 1c's ablation "encoder w/ [M]" (not in the official code):
+  the encoder sees all L patches, the masked ones replaced by the learned ``mask_token`` (of the
+  encoder's width; BEiT's way), and the decoder gets the encoder's L + 1 outputs with no tokens
+  added. The default is the paper's MAE, whose encoder skips the masked patches.
 - The decoder's sin-cos table is a persistent buffer (official: a frozen ``nn.Parameter``; the
   state_dict key is the same).
 """
@@ -123,6 +127,9 @@ class MaskedAutoencoderViT(nn.Module):
         decoder_num_heads: decoder attention heads (default 16).
         mlp_ratio: MLP hidden width / width, encoder and decoder.
         mask_ratio: fraction of patches removed when ``forward`` is not told otherwise (Sec. 3: 0.75).
+        mask_token_in_encoder: Table 1c's "encoder w/ [M]": the encoder runs on all patches, the masked
+            ones replaced by ``mask_token`` (then of width ``embed_dim``), about 4x its FLOPs at ratio 0.75;
+            False (the paper's MAE): the encoder skips them and the decoder fills them in.
 
     Attributes:
         encoder: the :class:`VisionTransformer` (``num_classes=0``) whose patch embedding, blocks
@@ -144,6 +151,7 @@ class MaskedAutoencoderViT(nn.Module):
         decoder_num_heads: int = 16,
         mlp_ratio: float = 4.0,
         mask_ratio: float = 0.75,
+        mask_token_in_encoder: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = VisionTransformer(
@@ -166,7 +174,9 @@ class MaskedAutoencoderViT(nn.Module):
         # decoder inputs"; fixed, with a zero row for the class token as in the official code.
         self.encoder.pos_embed.requires_grad_(False)
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))  # one, shared by all masked patches
+        self.mask_token_in_encoder = mask_token_in_encoder
+        # one, shared by all masked patches; in the encoder's width where the encoder takes it (Table 1c)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim if mask_token_in_encoder else decoder_embed_dim))
         self.register_buffer(
             "decoder_pos_embed", sincos_pos_embed_2d(self.grid_size, decoder_embed_dim, num_prefix_tokens=1)[None]
         )
@@ -227,13 +237,18 @@ class MaskedAutoencoderViT(nn.Module):
             noise: (B, L) masking noise, see :func:`random_masking`.
 
         Returns:
-            latent: (B, 1 + L_keep, D), the class token first.
+            latent: (B, 1 + L_keep, D), the class token first; (B, 1 + L, D) with ``mask_token_in_encoder``.
             mask: (B, L), 1 = masked.
             ids_restore: (B, L), see :func:`random_masking`.
         """
         enc = self.encoder
-        x = enc.patch_embed(imgs) + enc.pos_embed[:, 1:]  # positions are added before masking
-        x, mask, ids_restore = random_masking(x, mask_ratio, noise)
+        x = enc.patch_embed(imgs)
+        if self.mask_token_in_encoder:  # Table 1c, "encoder w/ [M]": every patch, the masked ones as [M]
+            _, mask, ids_restore = random_masking(x, mask_ratio, noise)
+            x = torch.lerp(x, self.mask_token.to(x.dtype), mask[..., None].to(x.dtype)) + enc.pos_embed[:, 1:]
+        else:
+            x = x + enc.pos_embed[:, 1:]  # positions are added before masking
+            x, mask, ids_restore = random_masking(x, mask_ratio, noise)
         cls = (enc.cls_token + enc.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
         return enc.norm(enc.blocks(x)), mask, ids_restore
@@ -242,13 +257,16 @@ class MaskedAutoencoderViT(nn.Module):
         """Fill the masked positions with the mask token, unshuffle, and predict every patch's pixels.
 
         Args:
-            latent: encoder output (B, 1 + L_keep, D).
+            latent: encoder output (B, 1 + L_keep, D), or (B, 1 + L, D) with ``mask_token_in_encoder``
+                (already whole and in order: nothing to fill in).
             ids_restore: (B, L) from :func:`random_masking`.
 
         Returns:
             (B, L, P*P*C) predicted pixels.
         """
         x = self.decoder_embed(latent)
+        if self.mask_token_in_encoder:
+            return self.decode_tokens(x)
         b, num_tokens, dim = x.shape
         masked = self.mask_token.expand(b, ids_restore.shape[1] + 1 - num_tokens, -1)
         x_ = torch.cat([x[:, 1:], masked], dim=1)  # shuffled order: visible tokens, then mask tokens

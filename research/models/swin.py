@@ -20,6 +20,10 @@ Deviations from timm:
   fixes each stage's window, which shrinks to a stage map no larger than it (as in timm).
 - ``drop_rate`` is the official one (after the patch embedding and in the MLP and projections),
   not timm's dropout before the head.
+- Table 4's ablations are options (defaults are the paper's model): ``shift_windows=False`` keeps
+  every block W-MSA ("w/o shifting"); ``ape=True`` adds the official code's learned absolute
+  position embedding ``absolute_pos_embed`` after the patch embedding (timm dropped it);
+  ``use_rel_pos_bias=False`` leaves out Eq. 4's bias tables (timm BEiT's name).
 - Only the paper's model: no per-stage head dims, ``always_partition``, feature taps, or
   JAX/MoCo init modes.
 """
@@ -89,6 +93,8 @@ class SwinStage(nn.Module):
         window_size: (Mh, Mw) of this stage.
         downsample: open with a :class:`PatchMerging` from width ``dim // 2``.
         drop_path: one stochastic depth probability per block.
+        shift_windows: odd blocks use SW-MSA (the paper); False keeps every block W-MSA (Table 4, "w/o shifting").
+        use_rel_pos_bias: the blocks add Eq. 4's relative position bias (the paper; Table 4).
         **block_kwargs: :class:`~research.layers.Block` arguments shared by every block.
 
     """
@@ -102,6 +108,8 @@ class SwinStage(nn.Module):
         window_size: tuple[int, int],
         downsample: bool,
         drop_path: Sequence[float],
+        shift_windows: bool = True,
+        use_rel_pos_bias: bool = True,
         **block_kwargs,
     ) -> None:
         super().__init__()
@@ -112,7 +120,8 @@ class SwinStage(nn.Module):
                 Block(
                     dim,
                     num_heads,
-                    attn_layer=partial(WindowAttention, window_size=window_size, shifted=i % 2 == 1),
+                    attn_layer=partial(WindowAttention, window_size=window_size, shifted=shift_windows and i % 2 == 1,
+                                       use_rel_pos_bias=use_rel_pos_bias),
                     drop_path=drop_path[i],
                     **block_kwargs,
                 )
@@ -151,6 +160,14 @@ class SwinTransformer(nn.Module):
         drop_rate: dropout after the patch embedding, after attention projections and in the MLPs.
         attn_drop_rate: dropout on attention weights.
         drop_path_rate: stochastic depth of the last block; it rises linearly from 0 over all blocks.
+        shift_windows: alternate W-MSA and SW-MSA (the paper); False: W-MSA only (Table 4, "w/o shifting").
+        ape: add a learned absolute position embedding ``absolute_pos_embed`` (1, L, C) after the patch
+            embedding, as the official code's ``ape`` (Table 4, "abs. pos."); it fixes the input to ``img_size``.
+        use_rel_pos_bias: add the relative position bias of Eq. 4 in every block (the paper; Table 4,
+            "rel. pos."); ``ape=True, use_rel_pos_bias=False`` is "abs. pos.", both False "no pos.".
+
+    Raises:
+        ValueError: ``depths`` and ``num_heads`` of different lengths; with ``ape``, an input of another size.
 
     """
 
@@ -170,6 +187,9 @@ class SwinTransformer(nn.Module):
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        shift_windows: bool = True,
+        ape: bool = False,
+        use_rel_pos_bias: bool = True,
     ) -> None:
         super().__init__()
         if len(depths) != len(num_heads) or not depths:
@@ -186,6 +206,10 @@ class SwinTransformer(nn.Module):
         # Patch partition + linear embedding (Sec. 3.1) as one conv; PatchEmbed checks img_size.
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.patch_norm = nn.LayerNorm(embed_dim)  # the official "patch_norm" after the embedding
+        self.absolute_pos_embed = None
+        if ape:  # the official code: zeros, then truncated normal (std 0.02), added after the patch norm
+            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
+            nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
         self.pos_drop = nn.Dropout(drop_rate)
 
         rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
@@ -201,6 +225,8 @@ class SwinTransformer(nn.Module):
                     window_size=(min(grid[0], window_size), min(grid[1], window_size)),
                     downsample=i > 0,
                     drop_path=rates[sum(depths[:i]) : sum(depths[: i + 1])],
+                    shift_windows=shift_windows,
+                    use_rel_pos_bias=use_rel_pos_bias,
                     mlp_ratio=mlp_ratio,
                     qkv_bias=qkv_bias,
                     proj_drop=drop_rate,
@@ -225,7 +251,7 @@ class SwinTransformer(nn.Module):
 
         The embedding, then each block (a stage's patch merging goes with its first block), then the final norm.
         """
-        stem = r"^patch_embed|patch_norm"
+        stem = r"^patch_embed|patch_norm|absolute_pos_embed"
         if coarse:
             return {"stem": stem, "blocks": r"^layers\.(\d+)"}
         blocks = [(r"^layers\.(\d+).downsample", (0,)), (r"^layers\.(\d+)\.\w+\.(\d+)", None), (r"^norm", (99999,))]
@@ -254,8 +280,16 @@ class SwinTransformer(nn.Module):
                 f"resize or crop it to multiples of {self.patch_size}, or build with another patch_size"
             )
         # The conv of PatchEmbed without its fixed-size check: Swin takes any size P divides.
-        x = rearrange(self.patch_embed.proj(x), "b c h w -> b h w c")
-        x = self.pos_drop(self.patch_norm(x))
+        x = self.patch_norm(rearrange(self.patch_embed.proj(x), "b c h w -> b h w c"))
+        if self.absolute_pos_embed is not None:
+            grid = tuple(self.patch_embed.grid_size)
+            if x.shape[1:3] != grid:
+                raise ValueError(
+                    f"a model with an absolute position embedding (ape=True) takes {grid[0] * self.patch_size}x"
+                    f"{grid[1] * self.patch_size} images, got {h}x{w}; resize them or build with img_size=({h}, {w})"
+                )
+            x = x + rearrange(self.absolute_pos_embed, "1 (h w) c -> 1 h w c", h=grid[0])
+        x = self.pos_drop(x)
         return self.norm(self.layers(x))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
