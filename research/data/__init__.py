@@ -5,6 +5,7 @@ by the old name; :data:`FORMER_NAMES` maps those to today's, for whoever reads s
 """
 
 from research.data.augment import AUGMENT_STEPS, BatchAugment
+from research.data.bible_verses import BibleVersesDataModule
 from research.data.functions import FunctionRegressionDataModule
 from research.data.image_folder import ImageFolderDataModule
 from research.data.mlm import (
@@ -44,6 +45,7 @@ __all__ = [
     "AUGMENT_STEPS",
     "FORMER_NAMES",
     "BatchAugment",
+    "BibleVersesDataModule",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "EmbeddedMNISTDataModule",

@@ -2,6 +2,7 @@
 
 from research.models import (  # noqa: F401  (importing a family registers its factories)
     bert,
+    bert_classifier,
     cnn,
     dcgan,
     gru_classifier,

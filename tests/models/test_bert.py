@@ -27,7 +27,7 @@ def test_encoder_with_pooler_has_the_papers_parameter_count(name, count):
     assert sum(p.numel() for p in model.bert.parameters()) == count
 
 
-@pytest.mark.parametrize("name", list_models("bert_*"))
+@pytest.mark.parametrize("name", [n for n in list_models("bert_*") if not n.endswith("_classifier")])  # MLM models
 def test_every_bert_forwards_and_backwards(name):
     model = create_model(name, vocab_size=50, depth=1, max_positions=16, next_sentence_head=True)
     ids = torch.randint(0, 50, (2, 9))
