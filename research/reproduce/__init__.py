@@ -15,6 +15,7 @@ from research.reproduce import (
     madry,
     mae_mask_ratio,
     seq2seq,
+    swin_ablation,
     vit_vs_resnet,
     wong,
 )
@@ -30,6 +31,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     mae_mask_ratio.TABLE,
     vit_vs_resnet.TABLE,
     seq2seq.TABLE,
+    swin_ablation.TABLE,
 )}
 
 __all__ = ["TABLES", "Result", "Row", "Table", "run_table", "to_markdown"]

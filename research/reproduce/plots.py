@@ -95,3 +95,33 @@ def curve(table: Table, results: list[Result], *, x: dict[str, float], xlabel: s
     axes.legend(fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def two_panels(table: Table, results: list[Result], *, rows: dict[str, tuple[str, float]], paper_label: str,
+               ours_label: str) -> Figure:
+    """The paper's numbers and ours side by side, one panel each, for variants measured on different data.
+
+    ``rows`` maps a result's label to (the variant's short name, the paper's number): the paper's panel
+    shows those numbers, ours the results (± spread over seeds), each on its own axis (ImageNet top-1
+    against Fashion-MNIST accuracy do not share a scale; their order is what compares).
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    found = {r.label: r for r in results}
+    names = [name for name, _ in rows.values()]
+    y = np.arange(len(rows))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 1.6 + 0.4 * len(rows)), sharey=True)
+    figure.suptitle("\n".join(textwrap.wrap(table.title, 100)), fontsize=9)
+    left.plot([paper for _, paper in rows.values()], y, "D", color="0.55")
+    ours = [found[label] if label in found else None for label in rows]
+    right.errorbar([math.nan if r is None else _ours(r) for r in ours], y,
+                   xerr=[0.0 if r is None or r.spread is None else r.spread for r in ours], fmt="o", color="tab:blue",
+                   capsize=3)
+    for axes, label in ((left, paper_label), (right, ours_label)):
+        axes.set_xlabel(label, fontsize=8)
+        axes.grid(axis="x", alpha=0.3)
+    left.set_yticks(y, names, fontsize=8)
+    left.set_ylim(len(rows) - 0.5, -0.5)
+    figure.tight_layout()
+    return figure

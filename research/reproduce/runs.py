@@ -107,6 +107,24 @@ def fit_and_test(config: str, overrides: tuple[str, ...] = (), *, quick: bool = 
     return fit_run(config, overrides, quick=quick).metrics
 
 
+def model_override(config: str, **changes: object) -> tuple[str, str]:
+    """``("--model.init_args.model", JSON)``: the task's ``model`` dict of ``config`` with ``changes`` applied.
+
+    A whole dict, because the command line's ``--model.init_args.model.KEY VALUE`` reaches a dict-typed
+    argument as the string "VALUE" ("false" is truthy); JSON keeps booleans and numbers typed.
+
+    Raises:
+        ValueError: the config's task has no ``model`` dict to change.
+    """
+    import yaml
+
+    with config_file(config) as path:
+        model = yaml.safe_load(path.read_text()).get("model", {}).get("init_args", {}).get("model")
+    if not isinstance(model, dict):
+        raise ValueError(f"{config} gives its task no model dict ({model!r}) to change with {changes}")
+    return "--model.init_args.model", json.dumps({**model, **changes})
+
+
 def over_seeds(config: str, overrides: tuple[str, ...], metric: str, seeds: int, *, quick: bool) -> Measured:
     """Mean and standard deviation of ``metric`` (x100 for accuracies) over ``seeds`` runs (quick: one, no spread)."""
     values = [
