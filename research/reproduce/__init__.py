@@ -15,6 +15,7 @@ from research.reproduce import (
     madry,
     mae_mask_ratio,
     seq2seq,
+    transformer_variants,
     swin_ablation,
     vit_vs_resnet,
     wong,
@@ -31,6 +32,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     mae_mask_ratio.TABLE,
     vit_vs_resnet.TABLE,
     seq2seq.TABLE,
+    transformer_variants.TABLE,
     swin_ablation.TABLE,
 )}
 
