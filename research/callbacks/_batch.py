@@ -83,7 +83,7 @@ class FixedSubset:
     def __init__(self, *, count: int, owner: str, seed: int = 0):
         self.count, self.owner = count, owner
         self._generator = torch.Generator().manual_seed(seed)
-        self._kept: list[tuple[int, Tensor, Tensor]] = []  # (position in the pass, image, label)
+        self._kept: list[tuple[int, Any]] = []  # (position in the pass, example: (image, label) here)
         self._seen = 0
         self.closed = False
 
@@ -99,17 +99,30 @@ class FixedSubset:
         if self.closed:
             return
         if self._seen == 0:
-            check_image_batch(batch, owner=self.owner)
-        x, y = batch[0], batch[1]
-        positions = torch.arange(self._seen, self._seen + len(y))
+            self.check(batch)
+        size = self.size(batch)
+        positions = torch.arange(self._seen, self._seen + size)
         # Algorithm R: the t-th example (from 0) replaces a uniform slot in [0, t] when that slot is kept.
-        slots = (torch.rand(len(y), generator=self._generator) * (positions + 1)).long()
+        slots = (torch.rand(size, generator=self._generator) * (positions + 1)).long()
         for i, (position, slot) in enumerate(zip(positions.tolist(), slots.tolist())):
             if position < self.count:
-                self._kept.append((position, x[i].detach().clone(), y[i].detach().clone()))
+                self._kept.append((position, self.example(batch, i)))
             elif slot < self.count:
-                self._kept[slot] = (position, x[i].detach().clone(), y[i].detach().clone())
-        self._seen += len(y)
+                self._kept[slot] = (position, self.example(batch, i))
+        self._seen += size
+
+    # What a subset of another kind of batch (token batches: research.callbacks.embedding_evaluation) overrides.
+    def check(self, batch: Any) -> None:
+        """Stop with a message unless the (first) batch is of the kind this subset keeps."""
+        check_image_batch(batch, owner=self.owner)
+
+    def size(self, batch: Any) -> int:
+        """Examples in the batch."""
+        return len(batch[1])
+
+    def example(self, batch: Any, i: int) -> Any:
+        """The ``i``-th example of the batch, detached and cloned: here (image, label)."""
+        return batch[0][i].detach().clone(), batch[1][i].detach().clone()
 
     def tensors(self) -> tuple[Tensor, Tensor]:
         """(N, C, H, W) images and (N,) labels in loader order, as normal tensors (cloned outside inference mode)."""
@@ -117,7 +130,7 @@ class FixedSubset:
             raise ValueError(f"{self.owner}: the loader yielded no examples to attack")
         kept = sorted(self._kept, key=lambda item: item[0])
         with torch.inference_mode(False):
-            return torch.stack([x for _, x, _ in kept]).clone(), torch.stack([y for _, _, y in kept]).clone()
+            return torch.stack([x for _, (x, _) in kept]).clone(), torch.stack([y for _, (_, y) in kept]).clone()
 
 
 class EvaluationSubsetCallback(Callback):

@@ -1,4 +1,8 @@
-"""Accuracy under FGSM, PGD-k and (optionally) APGD or AutoAttack on a fixed subset, every validation and test epoch."""
+"""Accuracy under FGSM, PGD-k and (optionally) APGD or AutoAttack on a fixed subset, every validation and test epoch.
+
+Text tasks (token ids) get the embedding-space counterpart (issue 17, item 3): their metric under a PGD
+of the input embeddings, :mod:`research.callbacks.embedding_evaluation`.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,12 @@ from torch import Tensor
 
 from research.attacks import apgd, autoattack, fgsm, pgd
 from research.callbacks._batch import EvaluationSubsetCallback, Stage, check_at_least_one
+from research.callbacks.embedding_evaluation import INFERENCE_MODE_ADVICE, EmbeddingRobustness, Embeddings, TokenSubset
+from research.tasks.token_inputs import HOOKS, has_token_inputs
 
 OWNER = "RobustEvaluation"
 AttackName = Literal["pgd", "apgd", "autoattack"]
+Inputs = Literal["auto", "images", "tokens"]
 
 
 class RobustEvaluation(EvaluationSubsetCallback):
@@ -46,8 +53,20 @@ class RobustEvaluation(EvaluationSubsetCallback):
     cache filled by its first forward in ``trainer.validate``, say) cannot be differentiated
     through: the run then stops with a message asking for ``trainer.inference_mode: false``.
 
+    Token inputs (``inputs="tokens"``, or ``"auto"`` on a task with the embedding hooks:
+    :class:`~research.tasks.SequenceClassification`, :class:`~research.tasks.MaskedLanguageModelling`,
+    :class:`~research.tasks.Translation`): the attack is PGD in embedding space
+    (:func:`research.attacks.embedding_pgd`, per-token L2 balls of radius ``eps`` times each token's
+    embedding norm, padding and special tokens untouched) on the task's training loss, and the figures are
+    ``subset_clean_acc``, ``robust_acc_pgd`` and ``robust_acc`` (accuracy per sequence, or masked-token
+    accuracy per selected token), or ``subset_clean_bleu`` and ``robust_bleu`` (Translation: greedy
+    translations with the encoder's input embeddings perturbed, BLEU 0-100):
+    :mod:`research.callbacks.embedding_evaluation`. ``norm`` does not apply (always per-token L2),
+    FGSM is not run, and ``attack`` must be "pgd".
+
     Args:
-        eps: radius of the threat model, pixel units.
+        eps: radius of the threat model: pixel units for images; for token inputs relative to each
+            token's embedding norm (0.1: a token may move by a tenth of its embedding's length).
         num_samples: size of the fixed subset.
         attack: the strongest attack to run besides FGSM and PGD: ``"pgd"`` (none), ``"apgd"``
             (APGD-CE, ``apgd_steps`` iterations) or ``"autoattack"`` (the standard ensemble:
@@ -61,10 +80,14 @@ class RobustEvaluation(EvaluationSubsetCallback):
         restarts: random restarts of PGD; an example is robust only if no restart fools it.
         batch_size: examples per attack batch.
         every_n_epochs: attack at the end of every n-th validation epoch (tests always).
+        inputs: "images", "tokens", or "auto": tokens when the task has the embedding hooks
+            (``embedding_point``, ``perturbable_tokens``, ``adversarial_loss``), images otherwise.
+        embeddings: token inputs: perturb the "token" embeddings or the "token+position" sums.
 
     Raises:
         ValueError: an option out of range; during the run, a task whose batches are not
-            (images in [0, 1], integer labels), or a model that needs ``inference_mode: false``.
+            (images in [0, 1], integer labels) (images), a task without the embedding hooks or a model
+            without the embedding interface (tokens), or a model that needs ``inference_mode: false``.
     """
 
     owner = OWNER
@@ -82,9 +105,14 @@ class RobustEvaluation(EvaluationSubsetCallback):
         restarts: int = 1,
         batch_size: int = 256,
         every_n_epochs: int = 1,
+        inputs: Inputs = "auto",
+        embeddings: Embeddings = "token",
     ) -> None:
         if not eps > 0:
-            raise ValueError(f"{OWNER}: eps must be > 0 (pixel units, images in [0, 1]), got {eps}")
+            raise ValueError(f"{OWNER}: eps must be > 0 (pixel units, images in [0, 1]; for token inputs relative "
+                             f"to each token's embedding norm), got {eps}")
+        if inputs not in ("auto", "images", "tokens"):
+            raise ValueError(f"{OWNER}: unknown inputs {inputs!r}; choose 'auto', 'images' or 'tokens'")
         if norm not in ("linf", "l2"):
             raise ValueError(f"{OWNER}: unknown norm {norm!r}; choose 'linf' or 'l2'")
         if attack not in ("pgd", "apgd", "autoattack"):
@@ -98,17 +126,56 @@ class RobustEvaluation(EvaluationSubsetCallback):
         self.num_samples, self.batch_size = num_samples, batch_size
         self.pgd_steps, self.apgd_steps = pgd_steps, apgd_steps
         self.pgd_step_size = 2.5 * eps / pgd_steps if pgd_step_size is None else pgd_step_size
+        self.inputs = inputs
+        self.embedding = EmbeddingRobustness(radius=eps, steps=pgd_steps, step_size=pgd_step_size, restarts=restarts,
+                                             embeddings=embeddings, batch_size=batch_size, owner=OWNER)
+        self._tokens = inputs == "tokens"  # settled in setup for "auto"
 
     @property
     def names(self) -> list[str]:
         """The attacks run, in order: each is logged as ``robust_acc_<name>``."""
+        if self._tokens:
+            return ["pgd"]
         return (["fgsm"] if self.norm == "linf" else []) + ["pgd"] + ([self.attack] if self.attack != "pgd" else [])
 
     def subset_size(self, trainer: L.Trainer) -> int:
         return -(-self.num_samples // trainer.world_size)  # per rank: ceil(num_samples / world_size)
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Settle the input kind (tokens: the task has the embedding hooks) and keep subsets of that kind."""
+        if self.inputs == "auto":
+            self._tokens = has_token_inputs(pl_module)
+        if self._tokens:
+            if self.attack != "pgd":
+                raise ValueError(f"{OWNER}: on token inputs only attack='pgd' (embedding-space PGD) runs, "
+                                 f"got attack={self.attack!r}")
+            if not has_token_inputs(pl_module):
+                raise ValueError(f"{OWNER}: inputs='tokens' needs a text task with the hooks {', '.join(HOOKS)} "
+                                 f"(SequenceClassification, MaskedLanguageModelling, Translation); "
+                                 f"{type(pl_module).__name__} has none")
+            for name in ("val", "test"):
+                if not isinstance(self._subsets.get(name), TokenSubset):
+                    self._subsets[name] = TokenSubset(count=self.subset_size(trainer), owner=OWNER)
+        super().setup(trainer, pl_module, stage)
+
+    def _check_model(self, pl_module: L.LightningModule) -> None:
+        if self._tokens:  # before the first epoch: a model without the embedding interface stops here
+            self.embedding.check_task(pl_module)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check_model(pl_module)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check_model(pl_module)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check_model(pl_module)
+
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: Stage) -> None:
         """Attack the kept examples in batches and log the accuracies, counts summed over ranks."""
+        if self._tokens:
+            self.embedding.evaluate(trainer, pl_module, stage, self._subsets[stage])
+            return
         images, labels = self._subsets[stage].tensors()
         images, labels = images.to(pl_module.device), labels.to(pl_module.device)
         plugin = trainer.precision_plugin
@@ -138,11 +205,7 @@ class RobustEvaluation(EvaluationSubsetCallback):
         except RuntimeError as err:
             if "Inference tensors" not in str(err):
                 raise
-            raise ValueError(
-                f"{OWNER}: the model holds a tensor made inside torch.inference_mode (a cache built during "
-                "evaluation, say), and attacks cannot differentiate through it. Set trainer.inference_mode: "
-                "false in the config (Trainer(inference_mode=False)); validation then runs under no_grad."
-            ) from err
+            raise ValueError(f"{OWNER}: {INFERENCE_MODE_ADVICE}") from err
         return clean, robust
 
     def _survives(self, pl_module: L.LightningModule, name: str, x: Tensor, y: Tensor) -> Tensor:
