@@ -1,6 +1,11 @@
-"""Adversarial training for any image task, from the YAML alone (``trainer.callbacks``).
+"""Adversarial training for any image or text task, from the YAML alone (``trainer.callbacks``).
 
-Five recipes; ``pgd`` and ``fgsm_rs`` call :func:`research.attacks.pgd`, ``free`` needs no attack
+Token inputs (``inputs="tokens"``, or ``"auto"`` on a task with token hooks: MaskedLanguageModelling,
+SequenceClassification, Translation): ``pgd`` in embedding space and ``freelb`` perturb the input
+embeddings instead of the pixels; they live in :mod:`research.callbacks.embedding_training`. The
+rest of this docstring is about images.
+
+Five image recipes; ``pgd`` and ``fgsm_rs`` call :func:`research.attacks.pgd`, ``free`` needs no attack
 pass, ``trades`` and ``mart`` change the loss as well as the input (their attacks are
 :mod:`research.attacks.trades`):
 
@@ -61,10 +66,18 @@ from torch import Tensor, nn
 
 from research.attacks import attack_mode, mart_attack, pgd, trades_attack
 from research.callbacks._batch import check_image_batch
+from research.callbacks.embedding_training import (
+    EmbeddingTraining,
+    Objective,
+    check_token_options,
+    check_token_task,
+    token_training,
+)
 
 log = logging.getLogger(__name__)
 
-AttackName = Literal["pgd", "fgsm_rs", "free", "trades", "mart"]
+AttackName = Literal["pgd", "fgsm_rs", "free", "trades", "mart", "freelb"]
+InputKind = Literal["auto", "images", "tokens"]
 OWNER = "AdversarialTraining"
 _LOSS_RECIPES = ("trades", "mart")  # the recipes that wrap the task's training_step
 
@@ -237,9 +250,16 @@ class AdversarialTraining(Callback):
 
     Logged every step: ``train/attack_eps``, the eps in force (see ``warmup_epochs``).
 
+    Token inputs (see :mod:`research.callbacks.embedding_training`): ``attack="pgd"`` is PGD in
+    embedding space, ``eps`` the radius relative to each token's embedding norm; ``attack="freelb"``
+    is FreeLB, ``eps`` the Frobenius radius of each sequence's perturbation. ``norm``, ``fraction``,
+    ``replays``, ``beta`` and the guards are image options.
+
     Args:
-        attack: "pgd", "fgsm_rs", "free", "trades" or "mart".
-        eps: radius of the threat model in pixel units (e.g. 0.3 for MNIST, 8/255 for CIFAR-10).
+        attack: "pgd", "fgsm_rs", "free", "trades" or "mart" on images; "pgd" or "freelb" on tokens.
+        eps: radius of the threat model: in pixel units for images (e.g. 0.3 for MNIST, 8/255 for
+            CIFAR-10); for tokens, relative to each token's embedding norm (pgd, e.g. 0.1) or the
+            Frobenius norm of a sequence's perturbation (freelb, the reference's ``adv_max_norm``).
         step_size: attack step; default 2.5 * eps / steps for pgd, trades and mart (the rule of
             thumb of Madry's lab, robustness library, Engstrom et al. 2019; Zhang et al. use 0.007
             at eps 0.031, 10 steps, on CIFAR-10), 1.25 * eps for fgsm_rs (Wong et al. FGSM with
@@ -266,12 +286,22 @@ class AdversarialTraining(Callback):
             [0, 1], above which training stops (0.3: the gaps measured above are at most 0.09 for
             PGD-7 training and at least 0.38 for the failing FGSM-RS run after its first epoch);
             None switches the rule off.
+        inputs: "images", "tokens", or "auto": tokens when the task has the token hooks
+            (``embedding_point``, ``perturbable_tokens``, ``adversarial_loss``), images otherwise.
+        embeddings: tokens only: perturb the "token" embeddings (after any scaling) or the
+            "token+position" sums before LayerNorm/dropout (models with positions only).
+        init_eps: freelb only: magnitude of the random start at full eps (the reference's
+            ``adv_init_mag``; default eps; 0 starts from zero).
+        objective: tokens, pgd only: "adversarial" (Madry et al.: train on the perturbed batch,
+            the default) or "clean+adversarial" (Miyato et al.: clean loss + adversarial loss).
 
     Raises:
         ValueError: an option out of range or one that the chosen attack does not take; at the
             first batch, a task whose batches are not (images in [0, 1], integer labels); for
             trades and mart, a task with manual optimisation (at setup), or one whose
-            training_step returns no loss or changes the batch's images in place.
+            training_step returns no loss or changes the batch's images in place; for tokens (at
+            setup or fit start) a task without token inputs, a model without the EmbeddingInputs
+            interface, "token+position" on a model without positions, an image-only recipe.
     """
 
     def __init__(
@@ -289,19 +319,26 @@ class AdversarialTraining(Callback):
         beta: float | None = None,
         guard_drop: float | None = 0.2,
         guard_gap: float | None = 0.3,
+        inputs: InputKind = "auto",
+        embeddings: Literal["token", "token+position"] = "token",
+        init_eps: float | None = None,
+        objective: Objective | None = None,
     ) -> None:
-        if attack not in ("pgd", "fgsm_rs", "free", "trades", "mart"):
+        if attack not in ("pgd", "fgsm_rs", "free", "trades", "mart", "freelb"):
             raise ValueError(
-                f"{OWNER}: unknown attack {attack!r}; choose 'pgd', 'fgsm_rs', 'free', 'trades' or 'mart'"
+                f"{OWNER}: unknown attack {attack!r}; choose 'pgd', 'fgsm_rs', 'free', 'trades' or 'mart' (images), "
+                "'pgd' or 'freelb' (tokens)"
             )
         if not eps > 0:
-            raise ValueError(f"{OWNER}: eps must be > 0 (pixel units, images in [0, 1]), got {eps}")
+            raise ValueError(f"{OWNER}: eps must be > 0 (pixel units for images; for tokens a radius relative to the "
+                             f"embedding norm (pgd) or a Frobenius norm (freelb)), got {eps}")
+        check_token_options(OWNER, attack, inputs, embeddings, init_eps, objective, fraction)
         if norm not in ("linf", "l2"):
             raise ValueError(f"{OWNER}: unknown norm {norm!r}; choose 'linf' or 'l2'")
-        iterative = attack in ("pgd", *_LOSS_RECIPES)
+        iterative = attack in ("pgd", "freelb", *_LOSS_RECIPES)
         if iterative and (steps is None or steps < 1):
             example = {"pgd": "Madry et al.: 7 on CIFAR-10", "trades": "Zhang et al.: 10 on CIFAR-10, 40 on MNIST",
-                       "mart": "Wang et al.: 10 on CIFAR-10"}[attack]
+                       "mart": "Wang et al.: 10 on CIFAR-10", "freelb": "Zhu et al.: K = 2 or 3 on GLUE"}[attack]
             raise ValueError(f"{OWNER}: attack={attack!r} needs steps >= 1 ({example}), got {steps}")
         if not iterative and steps is not None:
             raise ValueError(
@@ -338,6 +375,9 @@ class AdversarialTraining(Callback):
         self.beta = (6.0 if beta is None else float(beta)) if attack in _LOSS_RECIPES else None
         self.guard_drop = guard_drop if attack == "fgsm_rs" else None
         self.guard_gap = guard_gap if attack == "fgsm_rs" else None
+        self.inputs, self.embeddings, self.objective = inputs, embeddings, objective
+        self.init_eps = (eps if init_eps is None else init_eps) if attack == "freelb" else None
+        self.tokens: EmbeddingTraining | None = None  # the token side, once setup has decided the input kind
 
         self._checked_batches = False  # the first batch is checked, the others have its form
         self._guard_batch: tuple[Tensor, Tensor] | None = None
@@ -353,6 +393,16 @@ class AdversarialTraining(Callback):
         # trades and mart: the views prepared for the wrapped training_step, and the module wrapped
         self._views: _Views | None = None
         self._wrapped: L.LightningModule | None = None
+
+    # -- token inputs (research/callbacks/embedding_training.py) -----------------------------
+
+    def _decide_inputs(self, pl_module: L.LightningModule) -> None:
+        """Choose images or tokens for this task (``inputs``), and stop on a recipe that does not fit it."""
+        self.tokens = token_training(OWNER, self, pl_module)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.tokens is not None:  # the model exists now (configure_model): check its interface before step 1
+            check_token_task(OWNER, pl_module, self.attack, include_position=self.tokens.include_position)
 
     # -- schedule ---------------------------------------------------------------------------
 
@@ -375,6 +425,12 @@ class AdversarialTraining(Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if self.tokens is not None:  # the attack runs in the wrapped training_step
+            eps = self.eps_at(self._progress(trainer, batch_idx))
+            self._step_eps = eps
+            size = len(pl_module.perturbable_tokens(batch))
+            pl_module.log("train/attack_eps", eps, on_step=True, on_epoch=False, batch_size=size)
+            return
         if not self._checked_batches:
             check_image_batch(batch, owner=OWNER)
             self._checked_batches = True
@@ -478,17 +534,23 @@ class AdversarialTraining(Callback):
             self._views = _Views(images=x, labels=y, other=clean)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit" or self.attack not in _LOSS_RECIPES:
+        if stage != "fit":
+            return
+        self._decide_inputs(pl_module)
+        if self.attack not in _LOSS_RECIPES and self.tokens is None:
             return
         if not pl_module.automatic_optimization:
             raise ValueError(
                 f"{OWNER}: attack={self.attack!r} adds a term to the loss that training_step returns, but "
                 f"{type(pl_module).__name__} optimises manually (automatic_optimization = False); use attack='pgd'"
+                if self.tokens is None else
+                f"{OWNER}: attack={self.attack!r} on tokens runs inside training_step, but {type(pl_module).__name__} "
+                "optimises manually (automatic_optimization = False); token recipes need automatic optimisation"
             )
         if "training_step" in vars(pl_module):
             raise ValueError(
                 f"{OWNER}: {type(pl_module).__name__}.training_step is already replaced on the instance (another "
-                f"AdversarialTraining with a loss recipe?); use one attack='trades' or 'mart' callback per run"
+                f"AdversarialTraining with a loss or token recipe?); use one such AdversarialTraining callback per run"
             )
         step = pl_module.training_step  # the task's own, bound
 
@@ -513,6 +575,8 @@ class AdversarialTraining(Callback):
     def _training_step(self, step: Callable, pl_module: L.LightningModule, batch: Any, *args: Any,
                        **kwargs: Any) -> Any:
         """The task's training_step on the batch, plus the recipe's term, in one call (one graph for DDP)."""
+        if self.tokens is not None:
+            return self.tokens.training_step(step, pl_module, batch, self._step_eps, *args, **kwargs)
         views, self._views = self._views, None
         x = batch[0] if isinstance(batch, list | tuple) and batch else None
         if views is None or views.images is not x:

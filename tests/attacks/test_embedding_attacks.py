@@ -147,7 +147,8 @@ def test_one_step_is_miyatos_perturbation():
         (dict(radius=-1.0), "radius must be > 0"),
         (dict(steps=0), "steps must be >= 1"),
         (dict(mask=torch.ones(3, 7, dtype=torch.long)), "mask must be bool"),
-        (dict(mask=torch.ones(3, 6, dtype=torch.bool)), r"mask has shape \(3, 6\) but the embeddings are \(3, 7, 128\)"),
+        (dict(mask=torch.ones(3, 6, dtype=torch.bool)),
+         r"mask has shape \(3, 6\) but the embeddings are \(3, 7, 128\)"),
     ],
 )
 def test_pgd_errors(kwargs, message):
