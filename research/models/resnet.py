@@ -8,6 +8,9 @@ Two families from the paper, built by one :class:`ResNet` class:
   basic (18, 34) or bottleneck (50, 101, 152) blocks.
 * CIFAR ResNets (section 4.2): ``resnet20/32/44/56/110/1202``, i.e. 6n+2 layers. 3x3 stem with
   16 channels and no pooling, three stages of 16/32/64 channels with n basic blocks each.
+* The plain nets they are compared with (section 4.2, Fig. 6): ``plain20/32/44/56``, the same layers
+  with no shortcuts (``shortcut="none"``), whose training error rises with depth: the degradation
+  problem that the shortcuts solve.
 
 Reference we match: ``torchvision.models.resnet``. Submodule names are torchvision's, so a torchvision
 (or timm ``resnetXX``, which uses the same names) state_dict loads by name and gives the same logits.
@@ -76,8 +79,11 @@ class ZeroPadShortcut(nn.Module):
 
 
 def _shortcut(in_chs: int, out_chs: int, stride: int, option: str) -> nn.Module | None:
-    """Build a block's ``downsample``: None (identity) where the shape is unchanged, else option A or B."""
-    if stride == 1 and in_chs == out_chs:
+    """Build a block's ``downsample``: None (identity) where the shape is unchanged, else option A or B.
+
+    Option ``"none"`` (a plain net) has no shortcut, so nothing to build.
+    """
+    if (stride == 1 and in_chs == out_chs) or option == "none":
         return None
     if option == "A":
         return ZeroPadShortcut(in_chs, out_chs, stride)
@@ -98,12 +104,15 @@ class BasicBlock(nn.Module):
         self.conv2 = _conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = _shortcut(in_chs, planes, stride, shortcut)
+        self.residual = shortcut != "none"  # False: a plain net's two layers (Fig. 3 middle), no addition
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Shape: (B, in_chs, H, W) -> (B, planes, H / stride, W / stride)."""
-        identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if not self.residual:
+            return self.relu(out)
+        identity = x if self.downsample is None else self.downsample(x)
         # Second nonlinearity after the addition (section 3.2, Fig. 2).
         return self.relu(out + identity)
 
@@ -127,13 +136,16 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_chs)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _shortcut(in_chs, out_chs, stride, shortcut)
+        self.residual = shortcut != "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Shape: (B, in_chs, H, W) -> (B, 4 * planes, H / stride, W / stride)."""
-        identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
+        if not self.residual:
+            return self.relu(out)
+        identity = x if self.downsample is None else self.downsample(x)
         return self.relu(out + identity)
 
 
@@ -149,7 +161,8 @@ class ResNet(nn.Module):
         widths: channels of each stage's 3x3 convs; the stem has ``widths[0]`` channels.
         stem: ``"imagenet"`` (7x7/2 conv and 3x3/2 max pool) or ``"cifar"`` (3x3/1 conv, no pool).
         shortcut: ``"A"`` (zero-padding, no parameters) or ``"B"`` (1x1 projection + BN) where a
-            block changes the shape; elsewhere the shortcut is the identity.
+            block changes the shape; elsewhere the shortcut is the identity. ``"none"``: no shortcuts
+            anywhere, the paper's plain net (section 4.1, Fig. 3 middle), e.g. ``plain20``.
         stride_in_1x1: bottleneck only; put the stride in the first 1x1 conv as the paper does
             instead of the 3x3 conv (torchvision's v1.5, the default).
         zero_init_residual: start each block's last BN at weight 0 so that every block begins as
@@ -166,7 +179,7 @@ class ResNet(nn.Module):
         block: Literal["basic", "bottleneck"] = "basic",
         widths: tuple[int, ...] = (64, 128, 256, 512),
         stem: Literal["imagenet", "cifar"] = "imagenet",
-        shortcut: Literal["A", "B"] = "B",
+        shortcut: Literal["A", "B", "none"] = "B",
         stride_in_1x1: bool = False,
         zero_init_residual: bool = False,
         in_chans: int = 3,
@@ -174,6 +187,9 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         _check_args(layers, block, widths, stem, shortcut, stride_in_1x1, in_chans, num_classes)
+        if zero_init_residual and shortcut == "none":
+            raise ValueError("zero_init_residual=True needs shortcuts: a plain net's block started at zero outputs "
+                             "zeros; pass shortcut='A' or 'B', or zero_init_residual=False")
         block_cls = _BLOCKS[block]
         self.in_chans, self.num_classes = in_chans, num_classes
 
@@ -258,8 +274,9 @@ def _check_args(layers, block, widths, stem, shortcut, stride_in_1x1, in_chans, 
     """Reject user mistakes with a message that says what to pass instead."""
     for name, value, allowed in (("block", block, _BLOCKS), ("stem", stem, ("imagenet", "cifar")),
                                  ("shortcut", shortcut, ("A", "B"))):
-        if value not in allowed:
-            raise ValueError(f"unknown {name} {value!r}; use one of {list(allowed)}")
+        if value not in allowed and not (name == "shortcut" and value == "none"):
+            plain = " (or 'none': a plain net without shortcuts)" if name == "shortcut" else ""
+            raise ValueError(f"unknown {name} {value!r}; use one of {list(allowed)}{plain}")
     if len(layers) == 0 or len(layers) != len(widths):
         raise ValueError(f"layers {tuple(layers)} and widths {tuple(widths)} need one entry per stage")
     if min(layers) < 1 or min(widths) < 1:
@@ -358,3 +375,31 @@ def resnet110(**kwargs) -> ResNet:
 def resnet1202(**kwargs) -> ResNet:
     """CIFAR ResNet-1202 (section 4.2, n=200): 19.4M parameters."""
     return ResNet(**{**_CIFAR, "layers": (200, 200, 200), **kwargs})
+
+
+# The plain nets of section 4.2 and Fig. 6: the CIFAR ResNets' layers without any shortcut.
+_PLAIN = {**_CIFAR, "shortcut": "none"}
+
+
+@register_model
+def plain20(**kwargs) -> ResNet:
+    """CIFAR plain-20 (section 4.2, Fig. 6): resnet20's 20 layers without shortcuts, 0.27M parameters."""
+    return ResNet(**{**_PLAIN, "layers": (3, 3, 3), **kwargs})
+
+
+@register_model
+def plain32(**kwargs) -> ResNet:
+    """CIFAR plain-32 (section 4.2, Fig. 6): resnet32's layers without shortcuts."""
+    return ResNet(**{**_PLAIN, "layers": (5, 5, 5), **kwargs})
+
+
+@register_model
+def plain44(**kwargs) -> ResNet:
+    """CIFAR plain-44 (section 4.2, Fig. 6): resnet44's layers without shortcuts."""
+    return ResNet(**{**_PLAIN, "layers": (7, 7, 7), **kwargs})
+
+
+@register_model
+def plain56(**kwargs) -> ResNet:
+    """CIFAR plain-56 (section 4.2, Fig. 6): resnet56's layers without shortcuts, 0.85M parameters."""
+    return ResNet(**{**_PLAIN, "layers": (9, 9, 9), **kwargs})

@@ -13,6 +13,7 @@ from research.reproduce import (
     complexity,
     goodfellow,
     madry,
+    mae_design,
     mae_mask_ratio,
     seq2seq,
     transformer_variants,
@@ -34,6 +35,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     seq2seq.TABLE,
     transformer_variants.TABLE,
     swin_ablation.TABLE,
+    mae_design.TABLE,
 )}
 
 __all__ = ["TABLES", "Result", "Row", "Table", "run_table", "to_markdown"]

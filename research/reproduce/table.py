@@ -50,6 +50,8 @@ class Row:
             settings, for the test suite).
         key: everything the measurement depends on, for the cache (a config and its overrides).
         model: the registered model the row measures, if any.
+        cache: keep the measurement in the cache (False: measured on every run, for cheap exact counts in a
+            table whose other rows train).
     """
 
     label: str
@@ -59,6 +61,7 @@ class Row:
     measure: Callable[[bool], float | Measured]
     key: str = ""
     model: str | None = None
+    cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ def run_table(table: Table, *, quick: bool = False, out: Path | None = None, cac
     here = None  # this machine's record, read once when a row is measured
     for row in table.rows:
         result = Result(row.label, row.paper, row.tolerance, row.source)
-        cache = _cache_path(out, table, row, quick) if out is not None and table.cache else None
+        cache = _cache_path(out, table, row, quick) if out is not None and table.cache and row.cache else None
         if cache is not None and cache.exists():
             saved = json.loads(cache.read_text())
             result.ours, result.spread, result.cached = saved["ours"], saved.get("spread"), True
