@@ -15,9 +15,11 @@ from research.reproduce import (
     madry,
     mae_design,
     mae_mask_ratio,
+    resnet_degradation,
     seq2seq,
     transformer_variants,
     swin_ablation,
+    vit_attention_distance,
     vit_vs_resnet,
     wong,
 )
@@ -36,6 +38,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     transformer_variants.TABLE,
     swin_ablation.TABLE,
     mae_design.TABLE,
+    resnet_degradation.TABLE,
+    vit_attention_distance.TABLE,
 )}
 
 __all__ = ["TABLES", "Result", "Row", "Table", "run_table", "to_markdown"]
