@@ -1,6 +1,6 @@
 """Masked-language-model data (BERT, Devlin et al. 2019, arXiv 1810.04805, Sec. 3.1 and App. A.1).
 
-:func:`mask_tokens_for_mlm` selects 15% of the non-special tokens; of those 80% become
+:func:`mask_tokens_for_mlm` selects 15% of the non-special tokens; of those (by default) 80% become
 ``[MASK]``, 10% a random token and 10% stay, and only they carry a label (-100 elsewhere, the
 ``ignore_index`` of the loss). :class:`MaskedLanguageModellingCollator` pads a batch and draws that masking anew for
 every training batch (RoBERTa's dynamic masking, Liu et al. 2019, Sec. 4.1), while the validation
@@ -200,6 +200,9 @@ class MaskedLanguageModellingCollator:
         special: the special-token ids of the vocabulary.
         vocab_size: size of the vocabulary (random replacements are drawn from it).
         mask_prob: probability that a non-special token is selected for prediction.
+        mask_token_prob: probability that a selected token becomes ``[MASK]`` (BERT: 0.8).
+        random_token_prob: probability that a selected token becomes a random token (BERT: 0.1); the rest
+            stay as they are.
         generator: random source; None uses torch's global generator (seeded by the run's seed
             and saved in checkpoints by :class:`~research.callbacks.RNGState`).
 
@@ -211,9 +214,12 @@ class MaskedLanguageModellingCollator:
         special: SpecialTokens,
         vocab_size: int,
         mask_prob: float = 0.15,
+        mask_token_prob: float = 0.8,
+        random_token_prob: float = 0.1,
         generator: torch.Generator | None = None,
     ) -> None:
         self.special, self.vocab_size, self.mask_prob, self.generator = special, vocab_size, mask_prob, generator
+        self.mask_token_prob, self.random_token_prob = mask_token_prob, random_token_prob
 
     def mask(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
         """:func:`mask_tokens_for_mlm` with this vocabulary; returns ``(inputs, labels)``."""
@@ -223,6 +229,8 @@ class MaskedLanguageModellingCollator:
             vocab_size=self.vocab_size,
             special_ids=self.special.ids,
             mask_prob=self.mask_prob,
+            mask_token_prob=self.mask_token_prob,
+            random_token_prob=self.random_token_prob,
             generator=self.generator,
         )
 
@@ -278,6 +286,10 @@ class MaskedLanguageModellingDataModule(TokenizedCorpusDataModule):
         next_sentence_prediction: half the B blocks are random, labelled in ``next_sentence_label``
             (needs ``sentence_pairs``).
         mask_prob: fraction of the non-special tokens selected for prediction.
+        mask_token_prob: share of the selected tokens of a training batch that become ``[MASK]`` (BERT: 0.8).
+        random_token_prob: share that become a random token (BERT: 0.1); the rest stay as they are. The two
+            set the masking strategy of BERT's Table 8 (MASK/RND/SAME); the validation and test sets keep BERT's
+            0.8/0.1, so runs with different strategies are measured on the same masked examples.
         batch_size: sequences per batch.
         num_workers: DataLoader worker processes.
         val_fraction: fraction of the corpus lines held out for validation.
@@ -300,6 +312,8 @@ class MaskedLanguageModellingDataModule(TokenizedCorpusDataModule):
         sentence_pairs: bool = False,
         next_sentence_prediction: bool = False,
         mask_prob: float = 0.15,
+        mask_token_prob: float = 0.8,
+        random_token_prob: float = 0.1,
         batch_size: int = 32,
         num_workers: int = 0,
         val_fraction: float = 0.05,
@@ -315,6 +329,11 @@ class MaskedLanguageModellingDataModule(TokenizedCorpusDataModule):
             raise ValueError("next_sentence_prediction needs sentence_pairs: true")
         if not 0 < mask_prob < 1:
             raise ValueError(f"mask_prob must lie in (0, 1), got {mask_prob}; BERT uses 0.15")
+        if not (0 <= mask_token_prob <= 1 and 0 <= random_token_prob <= 1 and mask_token_prob + random_token_prob <= 1):
+            raise ValueError(
+                f"mask_token_prob={mask_token_prob} and random_token_prob={random_token_prob} must be probabilities "
+                "summing to at most 1 (the rest of the selected tokens stay unchanged); BERT uses 0.8 and 0.1"
+            )
         super().__init__(
             corpus_files=[corpus] if isinstance(corpus, str) else corpus or [],
             tokenizer=tokenizer,
@@ -324,6 +343,7 @@ class MaskedLanguageModellingDataModule(TokenizedCorpusDataModule):
         )
         self.corpus, self.tsv_column = corpus, tsv_column
         self.max_length, self.max_words, self.mask_prob = max_length, max_words, mask_prob
+        self.mask_token_prob, self.random_token_prob = mask_token_prob, random_token_prob
         self.sentence_pairs, self.next_sentence_prediction = sentence_pairs, next_sentence_prediction
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
@@ -385,5 +405,6 @@ class MaskedLanguageModellingDataModule(TokenizedCorpusDataModule):
 
     def collate(self, split: str) -> MaskedLanguageModellingCollator:
         return MaskedLanguageModellingCollator(
-            special=self.special_tokens, vocab_size=self.vocab_size, mask_prob=self.mask_prob
+            special=self.special_tokens, vocab_size=self.vocab_size, mask_prob=self.mask_prob,
+            mask_token_prob=self.mask_token_prob, random_token_prob=self.random_token_prob,
         )

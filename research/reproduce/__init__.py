@@ -9,6 +9,7 @@ results; the command (:mod:`research.commands.reproduce`) only parses its argume
 
 from research.reproduce import (
     batchnorm,
+    bert_masking,
     catastrophic_overfitting,
     complexity,
     goodfellow,
@@ -36,6 +37,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     vit_vs_resnet.TABLE,
     seq2seq.TABLE,
     transformer_variants.TABLE,
+    bert_masking.TABLE,
     swin_ablation.TABLE,
     mae_design.TABLE,
     resnet_degradation.TABLE,
