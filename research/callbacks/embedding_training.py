@@ -34,7 +34,11 @@ final delta, and the step returns ``loss_K / K + (s - s.detach())`` with
 ``s = sum_p (p * g_p).sum()``, g_p the kept gradients: its value is ``loss_K / K`` and the one
 backward that Lightning runs gives ``grad(loss_K) / K + sum_k g_k``, the sum of all K passes'
 gradients, which DDP's reducer all-reduces once. Deviation: the reference reuses each dropout mask
-over the K passes (its patched model's ``dp_masks``); here every pass draws its own.
+over the K passes (its patched model's ``dp_masks``); here every pass draws its own. Under FSDP2
+(sharded parameters) ``torch.autograd.grad`` reaches the gathered, unsharded parameters and not the
+sharded leaves, so the ascent passes' gradients would be lost: ``freelb`` stops there with one
+line; ``pgd`` needs no parameter gradient and runs (2 gloo processes, 2 BERT-tiny MLM steps: the
+same weights as under DDP, bit for bit; FreeLB's differed by 0.012 before this check).
 
 Never perturbed: padding and special tokens (the task's ``perturbable_tokens``); FreeLB's
 reference perturbs [CLS] and [SEP] too.
@@ -48,6 +52,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 from research.attacks import attack_mode, embedding_perturbation, embedding_pgd, freelb_init, freelb_update
 from research.tasks.token_inputs import HOOKS, has_token_inputs
@@ -69,6 +74,11 @@ def check_token_task(owner: str, pl_module: L.LightningModule, attack: str, incl
         )
     if getattr(pl_module, "model", None) is None:  # built from the data's sizes at configure_model: checked later
         return
+    if attack == "freelb" and any(isinstance(p, DTensor) for p in pl_module.parameters()):
+        # torch.autograd.grad reaches FSDP2's unsharded parameters, not the sharded leaves: passes 1..K-1 would
+        # add no gradient (measured: 34 of 34 parameter gradients None on 2 gloo processes)
+        raise ValueError(f"{owner}: attack='freelb' cannot run on FSDP2-sharded parameters (its ascent passes' "
+                         "gradients would be lost); use strategy 'ddp', or attack='pgd'")
     try:
         pl_module.embedding_point(include_position)
     except ValueError as error:

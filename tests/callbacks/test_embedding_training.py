@@ -2,6 +2,8 @@
 
 import copy
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -279,3 +281,23 @@ def test_fit_from_yaml(tmp_path, monkeypatch, config, callback, data_args):
     metrics = trainer.callback_metrics
     assert metrics["train/attack_eps"] == pytest.approx(callback["eps"])
     assert math.isfinite(metrics["train/loss"]) and metrics["train/delta_norm"] > 0
+
+
+FSDP2_FREELB = """
+import sys
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/callbacks"]
+from test_embedding_training import AdversarialTraining, TokenData, mlm_batch, mlm_task, quiet_trainer
+from research.tasks.sharding import FSDP2Strategy
+callback = AdversarialTraining(attack="freelb", eps=0.3, steps=2)
+trainer = quiet_trainer(strategy=FSDP2Strategy(), max_steps=1, callbacks=[callback])
+trainer.fit(mlm_task(), datamodule=TokenData([mlm_batch()]))
+"""
+
+
+def test_freelb_refuses_fsdp2_sharded_parameters():
+    # one process with its own process group (gloo), so that this test session's stays clean
+    run = subprocess.run([sys.executable, "-c", FSDP2_FREELB, str(ROOT / "tests")], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode != 0
+    assert ("ValueError: AdversarialTraining: attack='freelb' cannot run on FSDP2-sharded parameters (its ascent "
+            "passes' gradients would be lost); use strategy 'ddp', or attack='pgd'") in run.stderr
