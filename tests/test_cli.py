@@ -1,5 +1,6 @@
 """The command line: every config runs, resume is exact, runs are reproducible, mistakes stop early."""
 
+import json
 import sys
 from argparse import ArgumentError
 from pathlib import Path
@@ -51,6 +52,10 @@ def test_every_config_runs_one_batch(config, fake_torchvision_root):
         # distillation needs a trained teacher; an untrained one of the config's architecture stands in
         torch.save(build_model(task_args["teacher"]).state_dict(), "teacher.pt")
         args += ["--model.init_args.teacher_checkpoint", "teacher.pt"]
+    if isinstance(task_args.get("model"), dict) and task_args["model"].get("pretrained"):
+        # fine-tuning needs a pre-training run (its checkpoint and tokenizer); a new model and tokenizer stand in
+        args += ["--model.init_args.model", json.dumps({**task_args["model"], "pretrained": None}),
+                 "--data.init_args.tokenizer_of", "null"]
     if data_class.endswith("TranslationDataModule"):
         # an untrained model never says EOS, so each decoded sentence runs to its length limit: decode a few
         args += ["--data.init_args.eval_batch_size", "8", "--model.init_args.test_decoding", "greedy"]

@@ -32,6 +32,7 @@ tokens per verse (``[CLS]`` and ``[SEP]`` included) and ``labels`` (B,) class in
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from functools import cached_property
@@ -58,6 +59,7 @@ DIVISIONS = ("law", "history", "wisdom", "major_prophets", "minor_prophets", "go
              "pauline_epistles", "general_epistles", "revelation")
 TESTAMENTS = ("ot", "nt")
 CLASSES = {"division": DIVISIONS, "testament": TESTAMENTS}
+_ENCODED: dict[tuple, dict[str, Tensor]] = {}  # see BibleVersesDataModule._encoded
 
 
 def read_references(path: str | Path) -> list[dict[str, str]]:
@@ -249,6 +251,16 @@ class BibleVersesDataModule(SplitDataModule):
         verses = labelled_verses(self.corpus, self.references, self.label)
         return split_items(verses, val_fraction=self.val_fraction, test_fraction=self.test_fraction, seed=self.seed)
 
+    def _encoded(self) -> dict[str, Tensor]:
+        """Every verse's ids, encoded once per process for a tokenizer and length (a table fine-tunes three times)."""
+        key = (hashlib.sha1(self.tokenizer.to_str().encode()).hexdigest(), str(self.corpus), self.max_length)
+        if key not in _ENCODED:
+            splits = (self.verses.train, self.verses.val, self.verses.test)
+            texts = sorted({text for split in splits for text, _ in split})
+            _ENCODED.clear()  # one corpus at a time: the cache holds no more than one tokenized Bible
+            _ENCODED[key] = dict(zip(texts, self.encode(texts)))
+        return _ENCODED[key]
+
     def encode(self, texts: Sequence[str]) -> list[Tensor]:
         """``[CLS] text [SEP]`` token ids of each text, cut to ``max_length`` (the ``[SEP]`` kept)."""
         encoded = [torch.tensor(e.ids) for e in self.tokenizer.encode_batch(list(texts))]
@@ -263,7 +275,8 @@ class BibleVersesDataModule(SplitDataModule):
         return batch
 
     def _examples(self, verses: Sequence[tuple[str, int]]) -> list[tuple[Tensor, int]]:
-        return list(zip(self.encode([text for text, _ in verses]), (label for _, label in verses)))
+        encoded = self._encoded()
+        return [(encoded[text], label) for text, label in verses]
 
     def setup(self, stage: str | None = None) -> None:
         """Tokenize the three splits (once)."""
