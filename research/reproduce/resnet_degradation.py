@@ -41,7 +41,7 @@ CONFIGS = {
     "ResNet-56": "resnet/fashion_mnist_resnet56.yaml",
 }
 MODELS = {"plain-20": "plain20", "plain-56": "plain56", "ResNet-20": "resnet20", "ResNet-56": "resnet56"}
-EPOCHS = 5  # max_epochs of the configs: one curve point each
+EPOCHS, BATCHES = 5, 150  # max_epochs and limit_train_batches of the configs: one curve point an epoch
 # the runs' one addition to their configs: the recorder of each epoch's training error
 RECORD = ("--trainer.callbacks+=research.reproduce.resnet_degradation.TrainingErrorRecord",)
 # --quick: epochs of one batch, so the QUICK steps of runs.py (3) make three epochs and three points of each curve.
@@ -163,7 +163,8 @@ def training_curves(table: Table, results: list[Result]) -> Figure:
                 ax.plot(*zip(*points), marker="o", color=color, linewidth=2.5 if depth == 56 else 1.2,
                         linestyle="--" if family == "plain" else "-", label=net)
         ax.set_title(f"{family} nets", fontsize=9)
-        ax.set_xlabel("epoch")
+        ax.set_xticks(range(1, EPOCHS + 1))
+        ax.set_xlabel(f"epoch ({BATCHES} batches of 128)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("training error (%)")
@@ -200,7 +201,7 @@ TABLE = Table(
     ],
     notes=f"Ours: the CIFAR nets of the paper (3x3 stem, three stages, option A shortcuts; plain: none) at half "
     f"width (8/16/32 channels) on 28x28 Fashion-MNIST, with the paper's recipe (SGD 0.1, momentum 0.9, weight decay "
-    f"1e-4, batch 128, pad-and-crop and flips) for {EPOCHS} epochs of 150 batches (96,000 images, 1.75 passes "
+    f"1e-4, batch 128, pad-and-crop and flips) for {EPOCHS} epochs of {BATCHES} batches (96,000 images, 1.75 passes "
     "over the 55,000 training images; the paper: 64k iterations, 164 epochs) with a cosine decay. Training error is "
     "over each epoch's batches as the net trained (Fig. 6's thin curves); test error is of the best checkpoint by "
     "validation accuracy, on the 10,000 test images. Table 6's CIFAR-10 test errors (ResNet-20 8.75%, -32 7.51%, "

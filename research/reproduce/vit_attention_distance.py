@@ -103,14 +103,19 @@ def _head_label(layer: int, head: int) -> str:
 
 
 def distance_by_depth(table: Table, results: list[Result]) -> Figure:
-    """Figure 7 (right) as ours: each head's mean attention distance against its block, the uniform level dashed."""
+    """Figure 7 (right) as ours: each head's distance against its block, up to the image's farthest two patches."""
+    import textwrap
+
     import matplotlib.pyplot as plt
+
+    from research.models.attention_distance import patch_distances
 
     by_label = {r.label: r.ours for r in results}
     figure, axes = plt.subplots(figsize=(6, 4.5))
-    figure.suptitle(table.title, fontsize=9)
+    figure.suptitle("\n".join(textwrap.wrap(table.title, 70)), fontsize=9)
     for head in range(1, HEADS + 1):
-        points = [(layer, by_label.get(_head_label(layer, head))) for layer in range(1, DEPTH + 1)]
+        offset = 0.06 * (head - (HEADS + 1) / 2)  # side by side, so heads at the same distance stay visible
+        points = [(layer + offset, by_label.get(_head_label(layer, head))) for layer in range(1, DEPTH + 1)]
         points = [(x, y) for x, y in points if y is not None]
         if points:
             axes.scatter(*zip(*points), s=18, label=f"head {head}")
@@ -118,7 +123,7 @@ def distance_by_depth(table: Table, results: list[Result]) -> Figure:
     axes.set_xticks(range(1, DEPTH + 1))
     axes.set_xlabel("network depth (block)")
     axes.set_ylabel("mean attention distance (pixels)")
-    axes.set_ylim(bottom=0)
+    axes.set_ylim(0, float(patch_distances(GRID, PATCH).max()))  # up to the farthest two patches
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()

@@ -36,7 +36,7 @@ def test_the_four_runs_differ_only_in_the_models_name():
     assert first["model"]["init_args"]["optim"] | {"schedule": None} == {
         "name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "schedule": None}
     assert first["data"]["init_args"]["batch_size"] == 128 and first["data"]["init_args"]["augment"] == "crop_flip"
-    assert first["trainer"]["max_epochs"] == rd.EPOCHS
+    assert (first["trainer"]["max_epochs"], first["trainer"]["limit_train_batches"]) == (rd.EPOCHS, rd.BATCHES)
     assert first["model"]["init_args"]["model"]["widths"] == [8, 16, 32]  # half the paper's 16/32/64, as the notes say
 
 
