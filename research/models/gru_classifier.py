@@ -18,6 +18,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from research.models.protocols import positionless_embedding_output
 from research.models.registry import register_model
 
 
@@ -84,10 +85,7 @@ class GRUClassifier(nn.Module):
         Raises:
             ValueError: ``include_position=True``: a recurrent model has no position embeddings.
         """
-        if include_position:
-            raise ValueError("GRUClassifier has no position embeddings (a GRU reads positions in order); "
-                             "use embeddings='token'")
-        return self.embedding
+        return positionless_embedding_output(self, self.embedding, include_position)
 
     def forward_features(self, tokens: Tensor, lengths: Tensor | None = None) -> Tensor:
         """The last GRU layer's final hidden state, directions concatenated.

@@ -31,6 +31,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from research.models.protocols import positionless_embedding_output
 from research.models.registry import register_model
 
 
@@ -106,10 +107,7 @@ class GRUSeq2Seq(nn.Module):
         Raises:
             ValueError: ``include_position=True``: a recurrent model has no position embeddings.
         """
-        if include_position:
-            raise ValueError("GRUSeq2Seq has no position embeddings (a GRU reads positions in order); "
-                             "use embeddings='token'")
-        return self.src_embed
+        return positionless_embedding_output(self, self.src_embed, include_position)
 
     def encode(self, src: Tensor) -> GRUMemory:
         """Encode a right-padded source batch.

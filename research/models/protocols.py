@@ -107,6 +107,18 @@ class EmbeddingInputs(Protocol):
     def embedding_output(self, include_position: bool = False) -> nn.Module: ...
 
 
+def positionless_embedding_output(model: object, table: nn.Module, include_position: bool) -> nn.Module:
+    """``embedding_output`` of a model without position embeddings (a recurrent one): its token table.
+
+    Raises:
+        ValueError: ``include_position=True``: there are no positions to perturb.
+    """
+    if include_position:
+        raise ValueError(f"{type(model).__name__} has no position embeddings (a GRU reads positions in order); "
+                         "use embeddings='token'")
+    return table
+
+
 def missing_members(model: object, protocol: type) -> list[str]:
     """The members of ``protocol`` that ``model`` lacks, attributes first, in the order the protocol lists them."""
     methods = [name for name, value in vars(protocol).items() if callable(value) and not name.startswith("_")]
