@@ -38,7 +38,7 @@ CONFIGS = {
 }
 NAMES = {"natural": "natural", "pgd": "PGD-emb", "freelb": "FreeLB"}
 #: radii of the evaluation attack, relative to each token's embedding norm (the PGD fine-tuning trains at 0.1)
-RADII = (0.1, 0.3)
+RADII = (0.1, 0.2)
 ATTACK_STEPS = 10
 PAPER = "Zhu et al. 2020, Tables 1-2 (trend; GLUE)"
 OURS = "ours only (no paper number for this task)"
