@@ -6,14 +6,11 @@ the evaluation sets keep BERT's 80/10/10 whatever the strategy, so masked-token 
 
 import pytest
 import torch
+from test_mlm_data import SPECIAL, VOCAB, datamodule
 
-from research.data import MaskedLanguageModellingCollator, MaskedLanguageModellingDataModule
+from research.data import MaskedLanguageModellingCollator
 from research.data.mlm import IGNORE_INDEX
 from research.data.text import EMBEDDED_BIBLE, read_tsv
-from research.data.tokenizer import SpecialTokens
-
-SPECIAL = SpecialTokens(pad=0, unk=1, cls=2, sep=3, mask=4)
-VOCAB = 1000
 
 
 def _shares(batch, ids):
@@ -46,21 +43,11 @@ def test_the_default_is_berts_80_10_10():
     assert (collate.mask_token_prob, collate.random_token_prob) == (0.8, 0.1)
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "verses.txt"
-    path.write_text("\n".join(english for english, _ in read_tsv(EMBEDDED_BIBLE)[:600]), encoding="utf-8")
-    return path
-
-
-def _datamodule(corpus, tmp_path, **kw):
-    return MaskedLanguageModellingDataModule(corpus=str(corpus), vocab_size=500, cache_dir=str(tmp_path / "cache"),
-                                             max_length=32, batch_size=8, **kw)
-
-
-def test_the_datamodule_masks_training_batches_with_the_strategy_and_evaluation_with_berts(corpus, tmp_path):
-    rnd = _datamodule(corpus, tmp_path, mask_token_prob=0.0, random_token_prob=1.0)
-    bert = _datamodule(corpus, tmp_path)
+def test_the_datamodule_masks_training_batches_with_the_strategy_and_evaluation_with_berts(tmp_path):
+    corpus = tmp_path / "verses.txt"
+    corpus.write_text("\n".join(english for english, _ in read_tsv(EMBEDDED_BIBLE)[:600]), encoding="utf-8")
+    rnd = datamodule(corpus, tmp_path, mask_token_prob=0.0, random_token_prob=1.0)
+    bert = datamodule(corpus, tmp_path)
     rnd.setup("fit")
     bert.setup("fit")
     torch.manual_seed(0)
@@ -73,6 +60,6 @@ def test_the_datamodule_masks_training_batches_with_the_strategy_and_evaluation_
 
 
 @pytest.mark.parametrize("mask, random", [(0.9, 0.2), (-0.1, 0.1), (0.5, 1.5)])
-def test_proportions_that_are_not_a_split_say_so(corpus, tmp_path, mask, random):
+def test_proportions_that_are_not_a_split_say_so(tmp_path, mask, random):
     with pytest.raises(ValueError, match="must be probabilities summing to at most 1 .*BERT uses 0.8 and 0.1"):
-        _datamodule(corpus, tmp_path, mask_token_prob=mask, random_token_prob=random)
+        datamodule(tmp_path / "unread.txt", tmp_path, mask_token_prob=mask, random_token_prob=random)
