@@ -263,9 +263,11 @@ class AdversarialTraining(Callback):
         step_size: attack step; default 2.5 * eps / steps for pgd, trades and mart (the rule of
             thumb of Madry's lab, robustness library, Engstrom et al. 2019; Zhang et al. use 0.007
             at eps 0.031, 10 steps, on CIFAR-10), 1.25 * eps for fgsm_rs (Wong et al. FGSM with
-            random initialisation), eps for free (Shafahi et al. Algorithm 1).
-        steps: attack iterations; required for pgd, trades and mart, not accepted by the others
-            (fgsm_rs takes one step; free takes one step per replay).
+            random initialisation), eps for free (Shafahi et al. Algorithm 1); for tokens, in eps's
+            units: 2.5 * eps / steps for pgd and freelb (FreeLB's ``adv_lr`` has no default; its
+            scripts set it per task).
+        steps: attack iterations; required for pgd, trades, mart and freelb (K, its ascent passes),
+            not accepted by the others (fgsm_rs takes one step; free takes one step per replay).
         norm: "linf" or "l2"; free is defined for "linf" only.
         fraction: share of each batch replaced, in (0, 1]: the first ``round(fraction * B)``
             images (the loader shuffles, so these are a random subset); the rest stay clean.
