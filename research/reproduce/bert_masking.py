@@ -112,9 +112,11 @@ def _raw(name: str, metric: str, quick: bool) -> float:
 _KEY = f"{config_key(PRETRAIN)} {config_key(FINETUNE)} {sorted(STRATEGIES.items())}"
 
 
-def _raw_rows() -> list[Row]:
+def _raw_rows(*names: str) -> list[Row]:
+    """Our masked-token and fine-tuned accuracies of each strategy in ``names``."""
     rows = []
-    for name, strategy in STRATEGIES.items():
+    for name in names:
+        strategy = STRATEGIES[name]
         rows.append(Row(f"{strategy.label}: masked-token accuracy (%)", None, 0.0, OURS,
                         functools.partial(_raw, name, "mlm_acc"), key=_KEY, model="bert_tiny"))
         rows.append(Row(f"{strategy.label}: fine-tuned division accuracy (%) (paper MNLI {strategy.paper_mnli:g})",
@@ -130,12 +132,15 @@ TABLE = Table(
     title="BERT's masking strategies (MASK/SAME/RND, Table 8): BERT-Tiny pre-trained on the English Bible with each, "
     "masked-token accuracy and fine-tuned Bible-division accuracy",
     unit="points, 1 = yes, or as labelled",
+    # Rows are measured in order, and each is cached when measured: BERT's strategy and RND alone first, so a run
+    # stopped part-way keeps the comparison that needs the fewest runs.
     rows=[
-        Row("fine-tuning robust to the strategy: spread (max - min) of fine-tuned accuracy (points)",
-            round(_PAPER_SPREAD, 2), SPREAD_TOLERANCE, PAPER, spread, key=_KEY),
+        *_raw_rows("bert", "rnd"),
         Row("80/10/10 fine-tunes better than RND alone, 0/0/100 (1 = yes)", 1.0, 0.5, PAPER, bert_beats_rnd,
             key=_KEY),
-        *_raw_rows(),
+        *_raw_rows("mask", "mask_rnd", "mask_same", "same_rnd"),
+        Row("fine-tuning robust to the strategy: spread (max - min) of fine-tuned accuracy (points)",
+            round(_PAPER_SPREAD, 2), SPREAD_TOLERANCE, PAPER, spread, key=_KEY),
     ],
     notes="Ours: BERT-Tiny (L 2, H 128, A 2) pre-trained for 500 steps of 32 x 128 tokens with each strategy "
     "(configs/bert/bible_bert_tiny.yaml; BERT-Base: 1M steps of 256 x 512), the same seed and data order for all "
