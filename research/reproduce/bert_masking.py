@@ -34,6 +34,7 @@ import functools
 import json
 from typing import NamedTuple
 
+from research.reproduce.plots import two_panels
 from research.reproduce.runs import config_key, fit_run
 from research.reproduce.table import Row, Table
 
@@ -112,6 +113,10 @@ def _raw(name: str, metric: str, quick: bool) -> float:
 _KEY = f"{config_key(PRETRAIN)} {config_key(FINETUNE)} {sorted(STRATEGIES.items())}"
 
 
+def _finetune_label(strategy: Strategy) -> str:
+    return f"{strategy.label}: fine-tuned division accuracy (%) (paper MNLI {strategy.paper_mnli:g})"
+
+
 def _raw_rows(*names: str) -> list[Row]:
     """Our masked-token and fine-tuned accuracies of each strategy in ``names``."""
     rows = []
@@ -119,9 +124,8 @@ def _raw_rows(*names: str) -> list[Row]:
         strategy = STRATEGIES[name]
         rows.append(Row(f"{strategy.label}: masked-token accuracy (%)", None, 0.0, OURS,
                         functools.partial(_raw, name, "mlm_acc"), key=_KEY, model="bert_tiny"))
-        rows.append(Row(f"{strategy.label}: fine-tuned division accuracy (%) (paper MNLI {strategy.paper_mnli:g})",
-                        None, 0.0, OURS, functools.partial(_raw, name, "finetune_acc"), key=_KEY,
-                        model="bert_tiny_classifier"))
+        rows.append(Row(_finetune_label(strategy), None, 0.0, OURS, functools.partial(_raw, name, "finetune_acc"),
+                        key=_KEY, model="bert_tiny_classifier"))
     return rows
 
 
@@ -152,4 +156,10 @@ TABLE = Table(
     "that noise (its paper figure is MNLI's, 84.4 - 83.6). NER and the feature-based column have no counterpart "
     "here.",
     digits=2,
+    plot=functools.partial(
+        two_panels,
+        rows={_finetune_label(s): (f"MASK/SAME/RND {s.label}", s.paper_mnli) for s in STRATEGIES.values()},
+        paper_label="paper: MNLI dev accuracy (%), BERT-Base fine-tuned",
+        ours_label="ours: Bible-division test accuracy (%), BERT-Tiny fine-tuned",
+    ),
 )

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
+from research.reproduce.plots import two_panels
 from research.reproduce.runs import config_key, fit_run
 from research.reproduce.table import Row, Table
 
@@ -126,16 +127,17 @@ def _raw(name: str, metric: str, quick: bool) -> float:
     return measured(name, quick)[metric]
 
 
+def _label(name: str, metric: str) -> str:
+    variant = VARIANTS[name]
+    group = "" if variant.group == "base" else f"({variant.group}) "
+    paper = variant.paper_ppl if metric == "ppl" else variant.paper_bleu
+    return f"{group}{variant.label}: dev {metric.upper()} (paper, {variant.paper_label}: {paper:g})"
+
+
 def _raw_rows(*names: str) -> list[Row]:
     """Our perplexity and BLEU of each variant in ``names``, the paper's figure for its counterpart in the label."""
-    rows = []
-    for name in names:
-        variant = VARIANTS[name]
-        group = "" if variant.group == "base" else f"({variant.group}) "
-        for metric, paper in (("ppl", variant.paper_ppl), ("bleu", variant.paper_bleu)):
-            label = f"{group}{variant.label}: dev {metric.upper()} (paper, {variant.paper_label}: {paper:g})"
-            rows.append(Row(label, None, 0.0, OURS, functools.partial(_raw, name, metric), key=_KEY))
-    return rows
+    return [Row(_label(name, metric), None, 0.0, OURS, functools.partial(_raw, name, metric), key=_KEY)
+            for name in names for metric in ("ppl", "bleu")]
 
 
 _KEY = f"{config_key(CONFIG)} {sorted((n, v.model, v.label_smoothing) for n, v in VARIANTS.items())}"
@@ -179,4 +181,11 @@ TABLE = Table(
     "300 steps do not over-fit, so dropout mostly slows learning; label smoothing raising perplexity is a property "
     "of the loss and should show at any scale.",
     digits=2,
+    plot=functools.partial(
+        two_panels,
+        rows={_label(name, "bleu"): (f"{v.label} (paper: {v.paper_label})", v.paper_bleu)
+              for name, v in VARIANTS.items()},
+        paper_label="paper: dev BLEU (newstest2013, EN-DE, beam 4)",
+        ours_label="ours: validation BLEU (Bible EN-ES, greedy)",
+    ),
 )
