@@ -153,7 +153,7 @@ TABLE = Table(
     unit="% (accuracies), min (times), or 1 = yes",
     rows=_rows(),
     notes="All three fine-tunings start from one masked-language-model run (configs/bert/bible_bert_tiny.yaml, 500 "
-    "steps) and train one epoch (874 steps of 32 verses) with BERT's recipe (configs/text/"
+    "steps) and train half an epoch (437 steps of 32 verses) with BERT's recipe (configs/text/"
     "bible_division_bert_tiny*.yaml); PGD-emb trains on PGD-3 in per-token L2 balls of radius 0.1 times each "
     "token's embedding norm; FreeLB takes K = 3 ascent steps in a Frobenius ball of radius 0.25 per verse (about "
     "a tenth of a median verse's embedding norm, the same budget). Accuracies are on the 1,554 test verses "
