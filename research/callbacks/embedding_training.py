@@ -33,8 +33,10 @@ stay silent) and keep the parameter gradients; pass K is the task's own ``traini
 final delta, and the step returns ``loss_K / K + (s - s.detach())`` with
 ``s = sum_p (p * g_p).sum()``, g_p the kept gradients: its value is ``loss_K / K`` and the one
 backward that Lightning runs gives ``grad(loss_K) / K + sum_k g_k``, the sum of all K passes'
-gradients, which DDP's reducer all-reduces once. Deviation: the reference reuses each dropout mask
-over the K passes (its patched model's ``dp_masks``); here every pass draws its own. Under FSDP2
+gradients, which DDP's reducer all-reduces once. Dropout: the K passes of a step share their
+dropout masks, as FreeLB's Sec. 3.2 prescribes (the reference threads ``dp_masks`` through a patched
+model): each pass starts from the random-number state of the first (CPU and the accelerator's), so
+the same dropout calls draw the same masks, for any model. Under FSDP2
 (sharded parameters) ``torch.autograd.grad`` reaches the gathered, unsharded parameters and not the
 sharded leaves, so the ascent passes' gradients would be lost: ``freelb`` stops there with one
 line; ``pgd`` needs no parameter gradient and runs (2 gloo processes, 2 BERT-tiny MLM steps: the
@@ -189,7 +191,9 @@ class EmbeddingTraining:
         width = pl_module.model.get_input_embeddings().embedding_dim
         delta = freelb_init((*mask.shape, width), mask, self.init_eps * scale, device=mask.device)
         kept: list[Tensor | None] = [None] * len(params)
+        rng = _rng_state(mask.device)  # every pass draws the first pass's dropout masks (FreeLB Sec. 3.2)
         for _ in range(k - 1):
+            _set_rng_state(rng)
             delta.requires_grad_(True)
             with embedding_perturbation(point, delta):
                 loss = pl_module.adversarial_loss(batch)
@@ -199,6 +203,7 @@ class EmbeddingTraining:
                 delta_grad = torch.zeros_like(delta)
             delta = freelb_update(delta, delta_grad, mask, step_size=self.step_size * scale, eps=eps)
         self._record(pl_module, delta, mask)
+        _set_rng_state(rng)
         with embedding_perturbation(point, delta.detach()):
             out = step(batch, *args, **kwargs)
         loss = out.get("loss") if isinstance(out, dict) else out
@@ -218,6 +223,18 @@ class EmbeddingTraining:
         size = len(mask)
         pl_module.log("train/perturbed_tokens", mask.float().mean(), batch_size=size)
         pl_module.log("train/delta_norm", norms[mask].mean() if mask.any() else norms.sum(), batch_size=size)
+
+
+def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None, torch.device]:
+    """The CPU generator's state and, on CUDA, the device's: what dropout draws from."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None, device
+
+
+def _set_rng_state(state: tuple[Tensor, Tensor | None, torch.device]) -> None:
+    cpu, accelerator, device = state
+    torch.set_rng_state(cpu)
+    if accelerator is not None:
+        torch.cuda.set_rng_state(accelerator, device)
 
 
 def _add_to_loss(out: Any, extra: Tensor, pl_module: L.LightningModule) -> Any:

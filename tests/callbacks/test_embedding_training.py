@@ -86,12 +86,15 @@ class Recorder(Callback):
         self.grads.append(grads_of(pl_module))
 
 
-def record_deltas(monkeypatch) -> list:
+def record_deltas(monkeypatch, rng_states: list | None = None) -> list:
+    """The perturbation of every pass of the callback (and, into ``rng_states``, the RNG state it starts from)."""
     deltas = []
     original = token_side.embedding_perturbation
 
     def recording(point, delta):
         deltas.append(delta.detach().clone())
+        if rng_states is not None:
+            rng_states.append(torch.get_rng_state())
         return original(point, delta)
 
     monkeypatch.setattr(token_side, "embedding_perturbation", recording)
@@ -106,14 +109,16 @@ def fit(task, callback, batches, **trainer_args):
 
 
 def test_freelb_gradient_equals_the_hand_written_loop(monkeypatch):
-    deltas = record_deltas(monkeypatch)
-    task = mlm_task()
+    states = []
+    deltas = record_deltas(monkeypatch, states)
+    task = mlm_task(drop_rate=0.1, attn_drop_rate=0.1)
     reference = copy.deepcopy(task)
     batch = mlm_batch()
     k, eps, lr = 3, 0.6, 0.25
     callback = AdversarialTraining(attack="freelb", eps=eps, steps=k, step_size=lr, init_eps=0.4)
     _, recorder = fit(task, callback, [batch])
     assert len(deltas) == k and recorder.grads_before_backward == [[]]
+    assert all(torch.equal(state, states[0]) for state in states)  # one dropout draw for the K passes (Sec. 3.2)
 
     # FreeLB as run_glue_freelb.py writes it: K backward passes of loss / K into .grad, delta from delta.grad
     model = reference.model.train()
@@ -124,6 +129,7 @@ def test_freelb_gradient_equals_the_hand_written_loop(monkeypatch):
     for step in range(k):
         torch.testing.assert_close(delta, deltas[step], rtol=0, atol=1e-6)
         delta = delta.clone().requires_grad_(True)
+        torch.set_rng_state(states[0])  # the reference reuses the first pass's dropout masks (dp_masks)
         with embedding_perturbation(point, delta):
             loss = reference._losses(batch)["loss"]
         (loss / k).backward()
