@@ -56,11 +56,12 @@ class TokenData(L.LightningDataModule):
         return DataLoader(self.batches, batch_size=None)
 
 
-def mlm_task(**model) -> MaskedLanguageModelling:
+def mlm_task(compile: bool | dict = False, **model) -> MaskedLanguageModelling:
     torch.manual_seed(0)
     spec = {"name": "bert_tiny", "vocab_size": VOCAB, "embed_dim": 32, "depth": 1, "num_heads": 2,
             "drop_rate": 0.0, "attn_drop_rate": 0.0} | model
-    return MaskedLanguageModelling(spec, optim={"name": "sgd", "lr": 0.1, "weight_decay": 0.0, "warmup_steps": 0})
+    optim = {"name": "sgd", "lr": 0.1, "weight_decay": 0.0, "warmup_steps": 0}
+    return MaskedLanguageModelling(spec, optim=optim, compile=compile)
 
 
 def grads_of(module) -> dict:
@@ -185,6 +186,24 @@ def test_token_position_embeddings_and_the_gru_refusal():
     with pytest.raises(ValueError, match="^AdversarialTraining: GRUClassifier has no position embeddings .*"
                                          "use embeddings='token'$"):
         fit(gru, AdversarialTraining(attack="freelb", eps=0.2, steps=2, embeddings="token+position"), [words])
+
+
+@pytest.mark.parametrize("attack", ["pgd", "freelb"])
+def test_a_compiled_model_trains_as_the_eager_one(attack):
+    # the hooks sit on modules inside the compiled model: dynamo must trace them, not skip them
+    losses = []
+    for compile in (False, {"backend": "eager"}):
+        callback = AdversarialTraining(attack=attack, eps=0.3, steps=2)
+        trainer, _ = fit(mlm_task(compile), callback, [mlm_batch(0), mlm_batch(1)])
+        losses.append(trainer.callback_metrics["train/loss"].item())
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+
+
+def test_eps_warm_up_starts_clean():
+    callback = AdversarialTraining(attack="pgd", eps=0.2, steps=2, warmup_epochs=1)
+    trainer, _ = fit(mlm_task(), callback, [mlm_batch(0), mlm_batch(1)])
+    assert callback.tokens.perturbed_batches == 1  # eps 0 at the first batch, 0.1 at the second
+    assert trainer.callback_metrics["train/attack_eps"] == pytest.approx(0.1)
 
 
 class NoInterface(torch.nn.Module):
