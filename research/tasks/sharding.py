@@ -107,9 +107,46 @@ def shard_model(model: nn.Module, mesh: DeviceMesh, *, activation_checkpointing:
     for unit in shard_units(model):
         fully_shard(unit, mesh=mesh, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    register_forward_methods(model)
+
+
+def register_forward_methods(model: nn.Module) -> None:
+    """Make each of :data:`FORWARD_METHODS` that ``model`` has gather its root parameters when called from outside.
+
+    ``register_fsdp_forward_method`` runs FSDP's pre- and post-forward around every call of the method,
+    also a call from inside the model's own ``forward`` (a classifier's ``forward`` calls its
+    ``forward_features``, then its head): the nested post-forward reshards the root's parameters and the
+    rest of ``forward`` meets sharded weights ("got mixed torch.Tensor and DTensor"). So the hooked method
+    runs only when no forward of the model is in progress; inside one, the plain method runs on the
+    parameters that forward already gathered.
+    """
+    depth = [0]  # forwards and hooked methods of the model in progress
+
+    def enter(*_: Any) -> None:
+        depth[0] += 1
+
+    def leave(*_: Any) -> None:
+        depth[0] -= 1
+
+    model.register_forward_pre_hook(enter)
+    model.register_forward_hook(leave, always_call=True)
     for name in FORWARD_METHODS:
-        if callable(getattr(model, name, None)):
-            register_fsdp_forward_method(model, name)
+        if not callable(getattr(model, name, None)):
+            continue
+        plain = getattr(model, name)
+        register_fsdp_forward_method(model, name)
+        hooked = getattr(model, name)
+
+        def method(*args: Any, plain=plain, hooked=hooked, **kwargs: Any) -> Any:
+            if depth[0]:
+                return plain(*args, **kwargs)
+            depth[0] += 1
+            try:
+                return hooked(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+
+        setattr(model, name, method)
 
 
 def shard_task(task: L.LightningModule) -> None:
