@@ -16,6 +16,7 @@ tasks (:class:`~research.tasks.MaskedLanguageModelling`, :class:`~research.tasks
 from __future__ import annotations
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from research.models.protocols import EmbeddingInputs, missing_members
@@ -51,10 +52,14 @@ class TokenInputs:
     def special_token_ids(self) -> list[int]:
         """Ids never perturbed besides padding: [PAD], [CLS], [SEP] and [MASK] of the datamodule's tokenizer, if any.
 
-        [UNK] stands for a word, so it is perturbed like one. Without a datamodule that knows its
-        special tokens, only the model's ``pad_id`` (if it has one) is known.
+        [UNK] stands for a word, so it is perturbed like one. A datamodule without ``special_tokens``
+        (characters of :class:`~research.data.LanguageWordsDataModule`) has none but padding, the model's
+        ``pad_id``; without any datamodule (bare dataloaders) only that is known, and a warning says so.
         """
         special = getattr(self.datamodule, "special_tokens", None)  # Task.datamodule
+        if self.datamodule is None:  # bare dataloaders: their tokenizer is unknown (a datamodule without any has none)
+            rank_zero_warn(f"{type(self).__name__} runs without a datamodule, so its special tokens are unknown: an "
+                           "embedding-space attack perturbs every token but padding ([CLS], [SEP], [MASK] included)")
         ids = [special.pad, special.cls, special.sep, special.mask] if special is not None else []
         pad = getattr(self.model, "pad_id", None)
         return sorted({*ids, *([pad] if pad is not None else [])})
