@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from conftest import trainer as quiet_trainer
 from lightning.pytorch.callbacks import Callback
@@ -21,7 +22,7 @@ from research.callbacks import embedding_training as token_side
 from research.commands.fit import main
 from research.data.text import EMBEDDED_BIBLE, read_tsv
 from research.data.tokenizer import SpecialTokens
-from research.tasks import ImageClassification, MaskedLanguageModelling, SequenceClassification
+from research.tasks import ImageClassification, MaskedLanguageModelling, SequenceClassification, Translation
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECIAL = SpecialTokens(pad=0, unk=1, cls=2, sep=3, mask=4)
@@ -204,6 +205,34 @@ def test_eps_warm_up_starts_clean():
     trainer, _ = fit(mlm_task(), callback, [mlm_batch(0), mlm_batch(1)])
     assert callback.tokens.perturbed_batches == 1  # eps 0 at the first batch, 0.1 at the second
     assert trainer.callback_metrics["train/attack_eps"] == pytest.approx(0.1)
+
+
+def test_task_hooks_mask_padding_and_special_tokens_and_give_the_training_loss():
+    ids = torch.tensor([[2, 7, 8, 3, 0], [2, 9, 4, 3, 1]])  # [CLS] .. [SEP] [PAD]; [MASK] and [UNK] in row 2
+    mlm = mlm_task()
+    mlm.trainer = quiet_trainer()
+    mlm.trainer.datamodule = TokenData([])
+    batch = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "padding_mask": ids == 0,
+             "labels": torch.where(ids == 4, 5, -100)}
+    assert mlm.perturbable_tokens(batch).tolist() == [[False, True, True, False, False],
+                                                      [False, True, False, False, True]]  # [UNK] is a word
+    assert mlm.adversarial_loss(batch).dtype == torch.float32
+    assert mlm.adversarial_loss(batch) == mlm._losses(batch)["loss"]
+
+    words = SequenceClassification({"name": "gru_classifier_tiny", "vocab_size": VOCAB, "num_classes": 2})
+    batch = {"tokens": torch.tensor([[5, 6, 7], [5, 6, 0]]), "lengths": torch.tensor([3, 2]),
+             "labels": torch.tensor([0, 1])}
+    with pytest.warns(UserWarning, match="runs without a datamodule, so its special tokens are unknown"):
+        assert words.perturbable_tokens(batch).tolist() == [[True, True, True], [True, True, False]]
+    before = words.train_acc.update_count
+    assert words.adversarial_loss(batch) == F.cross_entropy(words(batch["tokens"], batch["lengths"]), batch["labels"])
+    assert words.train_acc.update_count == before  # no metric moved
+
+    translator = Translation({"name": "transformer_tiny", "vocab_size": VOCAB, "pad_id": 0}, bos_id=2, eos_id=3)
+    src = torch.tensor([[7, 8, 3, 0], [2, 9, 3, 0]])
+    with pytest.warns(UserWarning):
+        assert translator.perturbable_tokens({"src": src}).tolist() == [[True, True, False, False],
+                                                                         [False, True, False, False]]
 
 
 class NoInterface(torch.nn.Module):
