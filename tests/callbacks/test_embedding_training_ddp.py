@@ -63,7 +63,9 @@ def local_gradient(task: SequenceClassification, batch: dict, attack: str) -> di
     gradient of loss_k / K; between them delta += adv_lr * g / ||g||_F, rescaled to adv_max_norm.
     """
     params = dict(task.named_parameters())
-    point, mask = task.embedding_point(), task.perturbable_tokens(batch)
+    point = task.embedding_point()
+    # the words have no special tokens: every character inside a word's length may move, no padding
+    mask = torch.arange(batch["tokens"].shape[1]) < batch["lengths"][:, None]
     recipe = RECIPES[attack]
 
     def loss():
