@@ -1,18 +1,19 @@
 """A few steps of adversarial training on token embeddings under DDP on CPU (2 gloo processes); run by
 test_embedding_training_ddp.py.
 
-    python tests/callbacks/ddp_embedding_run.py WORDS_DIR OUT_DIR gru:pgd gru:freelb bert:pgd bert:freelb \
-        bert:pgd:fsdp bert:freelb:fsdp
+    python tests/callbacks/ddp_embedding_run.py DATA_DIR OUT_DIR gru:pgd gru:freelb bert:pgd bert:freelb \
+        bert:pgd:fsdp bert:freelb:fsdp echo
 
 Lightning's "ddp" strategy starts rank 1 by re-running this very command, so it is a script of its own.
 Each MODEL:ATTACK is one fit of 3 steps of SequenceClassification on words labelled with their
-language (WORDS_DIR/english.txt, spanish.txt), in the same two processes one after the other, under
+language (DATA_DIR/english.txt, spanish.txt), in the same two processes one after the other, under
 DDP or (MODEL:ATTACK:fsdp) FSDP2 (:class:`~research.tasks.sharding.FSDP2Strategy`). For each, each
 rank writes ``OUT_DIR/<model>-<attack>[-fsdp]/rank<r>.pt``: the weights before the first step and
 after the last, its batches, ``train/delta_norm`` of every step, the gradients after the first
 backward (DDP's all-reduced ones), how often each parameter's gradient was accumulated in each step
 (AccumulateGrad), how often DDP's communication hook ran in each step, and the robust accuracy that
 RobustEvaluation logged; or, for a fit that stopped with a ValueError before training, its message.
+``echo`` validates Translation's BLEU under RobustEvaluation instead (:func:`echo`).
 """
 
 import os
@@ -26,7 +27,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.distributed.tensor import DTensor
 
 from research.callbacks import AdversarialTraining, RobustEvaluation
-from research.data import LanguageWordsDataModule
+from research.data import LanguageWordsDataModule, TranslationDataModule
 from research.tasks import SequenceClassification
 from research.tasks.sharding import FSDP2Strategy
 
@@ -117,9 +118,30 @@ def main(words: Path, out: Path, model: str, attack: str, strategy: str = "ddp")
     torch.save(record, out / f"rank{trainer.global_rank}.pt")
 
 
+def echo(data: Path, out: Path) -> None:
+    """RobustEvaluation of Translation's BLEU over 2 processes: validate an echo translator (which ignores its
+    embeddings, so BLEU under attack is the clean one) on every validation sentence of DATA/pairs.tsv."""
+    from ddp_translation_run import EchoTranslation  # tests/tasks, on the path the test gives the script
+
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(0)
+    dm = TranslationDataModule(corpus=str(data / "pairs.tsv"), vocab_size=300, cache_dir=str(out / "tokenizer"),
+                               batch_size=8, eval_batch_size=8, val_fraction=0.3, test_fraction=0.1)
+    task = EchoTranslation({"name": "transformer_tiny"}, val_bleu_samples=None, num_logged_samples=0)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", use_distributed_sampler=False, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[RobustEvaluation(eps=0.5, num_samples=10_000, pgd_steps=1)])
+    trainer.validate(task, datamodule=dm, verbose=False)
+    record = {k: trainer.callback_metrics[f"val/{k}"].item() for k in ("bleu", "subset_clean_bleu", "robust_bleu")}
+    torch.save(record | {"val_size": len(dm.split("val"))}, out / f"rank{trainer.global_rank}.pt")
+
+
 if __name__ == "__main__":
     for run in sys.argv[3:]:
         out = Path(sys.argv[2]) / run.replace(":", "-")
+        if run == "echo":
+            echo(Path(sys.argv[1]), out)
+            continue
         try:
             main(Path(sys.argv[1]), out, *run.split(":"))
         except ValueError as err:  # a refusal (FreeLB on FSDP2's shards): every rank raises it before the first step

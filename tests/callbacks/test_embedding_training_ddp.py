@@ -25,10 +25,13 @@ SHARDED = ("bert:pgd:fsdp", "bert:freelb:fsdp")  # FSDP2 (research.tasks.shardin
 
 
 def write_words(folder: Path) -> Path:
-    """The first 60 verses of the shipped Bible in each language, as the word classifier's two files."""
-    verses = read_tsv(EMBEDDED_BIBLE)[:60]
+    """The first 60 verses of the shipped Bible in each language, as the word classifier's two files; and
+    pairs.tsv, 120 distinct short English verses each paired with itself, for the echo translator."""
+    verses = read_tsv(EMBEDDED_BIBLE)
     for column, language in enumerate(("english", "spanish")):
-        (folder / f"{language}.txt").write_text("\n".join(pair[column] for pair in verses), encoding="utf-8")
+        (folder / f"{language}.txt").write_text("\n".join(pair[column] for pair in verses[:60]), encoding="utf-8")
+    sentences = list(dict.fromkeys(en for en, _ in verses if len(en.split()) <= 10))[:120]
+    (folder / "pairs.tsv").write_text("".join(f"{en}\t{en}\n" for en in sentences), encoding="utf-8")
     return folder
 
 
@@ -45,12 +48,13 @@ def ddp_runs(tmp_path_factory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("ddp_embedding")
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(SCRIPT.parent), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(SCRIPT.parent), str(ROOT / "tests" / "tasks"),
+                                       os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",  # two processes on a small machine: no thread oversubscription
         "WANDB_MODE": "disabled",
     }
-    done = subprocess.run([sys.executable, str(SCRIPT), str(words), str(out), *RUNS, *SHARDED], env=env, cwd=out,
-                          capture_output=True, text=True, timeout=240)  # a hang (a rank waiting forever) fails here
+    done = subprocess.run([sys.executable, str(SCRIPT), str(words), str(out), *RUNS, *SHARDED, "echo"], env=env,
+                          cwd=out, capture_output=True, text=True, timeout=240)  # a hang (a rank waiting) fails here
     assert done.returncode == 0, done.stderr[-3000:]  # e.g. DDP's "marked ready twice" or unused-parameter errors
     return words, out
 
@@ -149,6 +153,21 @@ def test_freelb_under_fsdp2_stops_with_one_line(ddp_runs):
         error = torch.load(out / "bert-freelb-fsdp" / f"rank{rank}.pt", weights_only=True)["error"]
         assert error.startswith("AdversarialTraining: attack='freelb' cannot run on FSDP2")
         assert "\n" not in error
+
+
+def test_translation_bleu_under_attack_is_one_corpus_bleu_over_the_ranks(ddp_runs):
+    """Each rank attacks and decodes its own sentences; the BLEU is that of all of them (n-gram counts gathered).
+
+    The echo translator drops a token of some sentences (tests/tasks/ddp_translation_run.py), so a per-rank
+    BLEU would differ from the corpus BLEU, and it ignores its embeddings, so the attacked BLEU is the clean one.
+    """
+    _, out = ddp_runs
+    ranks = [torch.load(out / "echo" / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0] == ranks[1]  # every rank logs the same figures
+    assert 0 < ranks[0]["bleu"] < 100
+    # the subset is the whole split (num_samples above its size), so its clean BLEU is the task's own
+    assert ranks[0]["subset_clean_bleu"] == pytest.approx(ranks[0]["bleu"], abs=1e-4)
+    assert ranks[0]["robust_bleu"] == pytest.approx(ranks[0]["subset_clean_bleu"], abs=1e-4)
 
 
 trainer = partial(quiet_trainer, num_sanity_val_steps=0)
