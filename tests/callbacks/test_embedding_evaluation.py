@@ -2,6 +2,7 @@
 
 import re
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -207,3 +208,18 @@ def test_translation_refuses_restarts(pairs):
     task = Translation({"name": "transformer_tiny"}, num_logged_samples=0)
     with pytest.raises(ValueError, match="set restarts: 1"):
         validate(task, translation_data(pairs), RobustEvaluation(eps=0.1, restarts=2), limit_val_batches=1)
+
+
+def test_options_from_the_command_line_and_yaml(tmp_path, monkeypatch):
+    """The guide's line: a text config plus RobustEvaluation's token options on the command line."""
+    from research.commands.fit import main
+
+    monkeypatch.chdir(tmp_path)
+    root = Path(__file__).resolve().parents[2]
+    cli = main(["--config", str(root / "configs/text/bible_language_id_gru.yaml"),
+                "--trainer.callbacks+=research.callbacks.RobustEvaluation", "--trainer.callbacks.eps=0.2",
+                "--trainer.callbacks.inputs=tokens", "--trainer.callbacks.pgd_steps=2",
+                "--trainer.callbacks.num_samples=64"], run=False)
+    (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, RobustEvaluation)]
+    assert (callback.eps, callback.inputs, callback.num_samples) == (0.2, "tokens", 64)
+    assert (callback.embedding.radius, callback.embedding.steps, callback.embedding.embeddings) == (0.2, 2, "token")
