@@ -79,7 +79,7 @@ def measured(name: str, quick: bool) -> dict[str, float]:
 
 
 def embedding_robust_accuracy(task, data, *, radii, steps: int, max_batches: int | None = None) -> dict:
-    """Accuracy (%) on the test split under embedding-space PGD at each radius: ``{"clean": ..., radius: ...}``.
+    """Accuracy (%) on the test split under embedding-space PGD: ``{"clean_attacked": ..., radius: ...}``.
 
     An example is robust at a radius when it is classified correctly clean and after the attack
     (:func:`~research.attacks.embedding_pgd` from zero, ``steps`` steps of ``2.5 * radius / steps``, on the
@@ -96,13 +96,17 @@ def embedding_robust_accuracy(task, data, *, radii, steps: int, max_batches: int
 
     from research.attacks import embedding_perturbation, embedding_pgd
 
-    special = torch.tensor(data.special_tokens.ids)
+    # outside a Trainer the task does not know the tokenizer's special tokens: the mask is built here, as its
+    # perturbable_tokens does (inside each verse's length, not [PAD], [CLS], [SEP] or [MASK]; [UNK] is a word)
+    ids = data.special_tokens
+    special = torch.tensor([ids.pad, ids.cls, ids.sep, ids.mask])
     point = task.embedding_point()
     clean, robust, total = 0, dict.fromkeys(radii, 0), 0
     for index, batch in enumerate(data.test_dataloader()):
         if max_batches is not None and index >= max_batches:
             break
-        mask = task.perturbable_tokens(batch) & ~torch.isin(batch["tokens"], special)
+        tokens, lengths = batch["tokens"], batch["lengths"]
+        mask = (torch.arange(tokens.shape[1]) < lengths[:, None]) & ~torch.isin(tokens, special)
         with torch.no_grad():
             correct = task(batch["tokens"], batch["lengths"]).argmax(-1) == batch["labels"]
         for radius in radii:
