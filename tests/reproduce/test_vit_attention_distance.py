@@ -37,7 +37,13 @@ def test_trend_rows_read_the_heads_distances(monkeypatch):
     _measured(monkeypatch, heads)
     assert vd.grows_with_depth(False) == 1.0 and vd.first_layer_spreads_wider(False) == 1.0
     assert vd.head_distance(1, 3, False) == 12.0 and vd.layer_mean(vd.DEPTH, False) == 17.5
-    heads[0], heads[-1] = heads[-1], heads[0]  # the other way round
+    assert vd.departure_from_uniform(False) == pytest.approx(vd.uniform_distance(False) - 2.0)
+    _measured(monkeypatch, [[vd.uniform_distance(False) + 0.4 * (-1) ** h for h in range(vd.HEADS)]]
+              + [[vd.uniform_distance(False) + 0.5] * vd.HEADS] * (vd.DEPTH - 1))
+    # near-uniform heads (an untrained ViT): last block 0.5 px farther, first block 0.8 px wider, both noise
+    assert vd.grows_with_depth(False) == 0.0 and vd.first_layer_spreads_wider(False) == 0.0
+    assert vd.departure_from_uniform(False) == pytest.approx(0.5)
+    heads = [heads[-1], *heads[1:-1], heads[0]]  # the other way round
     _measured(monkeypatch, heads)
     assert vd.grows_with_depth(False) == 0.0 and vd.first_layer_spreads_wider(False) == 0.0
 
