@@ -223,3 +223,26 @@ def test_options_from_the_command_line_and_yaml(tmp_path, monkeypatch):
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, RobustEvaluation)]
     assert (callback.eps, callback.inputs, callback.num_samples) == (0.2, "tokens", 64)
     assert (callback.embedding.radius, callback.embedding.steps, callback.embedding.embeddings) == (0.2, 2, "token")
+
+
+def test_robust_means_right_clean_and_under_every_restart(classifier, words, monkeypatch):
+    """The worst case per element: the callback's counts are clean AND every restart's, whatever each one says."""
+    calls = []
+
+    def correct(task, batch):  # clean, then one verdict per restart, each another pattern over the rows
+        rows = torch.arange(len(batch["labels"]))
+        verdict = [rows % 2 == 0, rows % 3 != 0, rows % 5 != 0][len(calls) % 3]
+        calls.append(verdict)
+        return verdict
+
+    monkeypatch.setattr(embedding_evaluation, "correct", correct)
+    monkeypatch.setattr(embedding_evaluation.EmbeddingRobustness, "attack",
+                        lambda self, task, batch, point, random_start: torch.zeros(*batch["tokens"].shape, 8))
+    out = validate(classifier, words, RobustEvaluation(eps=0.1, num_samples=50, restarts=2, batch_size=16))
+    assert len(calls) % 3 == 0 and len(calls) >= 6  # per batch: clean, restart 1, restart 2
+    clean = torch.cat(calls[0::3])
+    robust = clean & torch.cat(calls[1::3]) & torch.cat(calls[2::3])
+    assert len(clean) == 50
+    assert out["val/subset_clean_acc"] == pytest.approx(clean.float().mean().item())
+    assert out["val/robust_acc"] == pytest.approx(robust.float().mean().item())
+    assert 0 < out["val/robust_acc"] < min(torch.cat(calls[1::3]).float().mean(), out["val/subset_clean_acc"])
