@@ -10,7 +10,7 @@ from conftest import trainer as quiet_trainer
 from torch import nn
 
 import research.callbacks.embedding_evaluation as embedding_evaluation
-from research.callbacks import RobustEvaluation
+from research.callbacks import AdversarialTraining, RobustEvaluation
 from research.data import LanguageWordsDataModule, MaskedLanguageModellingDataModule, TranslationDataModule
 from research.data.text import EMBEDDED_BIBLE, read_tsv
 from research.tasks import ImageClassification, MaskedLanguageModelling, SequenceClassification, Translation
@@ -246,3 +246,24 @@ def test_robust_means_right_clean_and_under_every_restart(classifier, words, mon
     assert out["val/subset_clean_acc"] == pytest.approx(clean.float().mean().item())
     assert out["val/robust_acc"] == pytest.approx(robust.float().mean().item())
     assert 0 < out["val/robust_acc"] < min(torch.cat(calls[1::3]).float().mean(), out["val/subset_clean_acc"])
+
+
+@pytest.mark.parametrize("kind", ["mlm", "translation"])
+def test_evaluation_and_training_under_bf16_autocast(kind, verses, pairs):
+    """precision: bf16-mixed: the attack, the masked-token accuracy and the greedy translations run under autocast."""
+    torch.manual_seed(0)
+    if kind == "mlm":
+        dm = MaskedLanguageModellingDataModule(corpus=str(verses), vocab_size=300, max_length=32, batch_size=16,
+                                               cache_dir=str(verses.parent / "cache"))
+        task, metric, ceiling = MaskedLanguageModelling({"name": "bert_tiny", "embed_dim": 32, "depth": 1}), "acc", 1
+    else:
+        dm = translation_data(pairs)
+        task = Translation({"name": "transformer_tiny"}, val_bleu_samples=None, num_logged_samples=0)
+        metric, ceiling = "bleu", 100
+    recipe = AdversarialTraining(attack="freelb" if kind == "mlm" else "pgd", eps=0.5, steps=2)
+    run = trainer(precision="bf16-mixed", max_steps=2, limit_val_batches=2, val_check_interval=2,
+                  callbacks=[recipe, RobustEvaluation(eps=0.5, num_samples=16, pgd_steps=2)])
+    run.fit(task, datamodule=dm)
+    metrics = {k: v.item() for k, v in run.callback_metrics.items()}
+    assert metrics["train/delta_norm"] > 0
+    assert 0 <= metrics[f"val/robust_{metric}"] <= ceiling and 0 <= metrics[f"val/subset_clean_{metric}"] <= ceiling
