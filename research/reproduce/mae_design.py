@@ -168,12 +168,13 @@ TABLE = Table(
     f"images per variant (the paper: 800 ImageNet epochs), then its encoder probed (frozen, {PROBE_EPOCHS} such epochs)"
     f" and fine-tuned ({FINETUNE_EPOCHS} epochs of {FINETUNE_BATCHES} batches of 128, the paper's recipe with the "
     "warm-up cut to half an epoch; so short a fine-tuning, under mixup and cutmix, left the encoders below their "
-    "linear probes in our run, 50-52% against 70%, so its rows say little). One seed each, tested on the 10,000 test "
-    "images: gaps of a point or less may be seed noise (the two seeds of the swin_ablation table differ by up to 2.3 "
-    "points). The [M] encoder is probed and fine-tuned on whole images, without mask tokens, as the paper's. FLOPs: "
-    "one image at mask ratio 0.75, all matrix products counted; the paper's 3.3x matches the whole pre-training "
-    "(encoder + decoder), the encoder alone is 4.0x. Fashion-MNIST comes from $RESEARCH_DATA (a failed row says so "
-    "when it is missing).",
+    "linear probes in our run, 48-52% against 70-71%, so its rows say little). One seed each, tested on the 10,000 "
+    "test images: gaps of a point or less may be seed noise (the two seeds of the swin_ablation table differ by up "
+    "to 2.3 points). The [M] encoder is probed and fine-tuned on whole images, without mask tokens, as the "
+    "paper's. FLOPs: one image at mask ratio 0.75, all matrix products counted; the paper's 3.3x matches the "
+    "whole pre-training (encoder + decoder), the encoder alone is 4.0x. Fashion-MNIST comes from $RESEARCH_DATA "
+    "(a failed row says so when it is missing).",
+    minutes=14,  # CPU minutes of the process (the wall time on a shared 2-core machine was about 4x)
     plot=partial(two_panels, rows={_label(v, e): (f"{v}, {e}", _paper(v, e)) for e in EVALUATIONS for v in VARIANTS},
                  paper_label="the paper: ViT-L/16, ImageNet-1K top-1 (%)",
                  ours_label="ours: Fashion-MNIST test accuracy (%)"),
