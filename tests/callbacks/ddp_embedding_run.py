@@ -2,7 +2,7 @@
 test_embedding_training_ddp.py.
 
     python tests/callbacks/ddp_embedding_run.py DATA_DIR OUT_DIR gru:pgd gru:freelb bert:pgd bert:freelb \
-        bert:pgd:fsdp bert:freelb:fsdp echo
+        bert:pgd:fsdp bert:freelb:fsdp mlm:pgd mlm:freelb translation:pgd translation:freelb echo
 
 Lightning's "ddp" strategy starts rank 1 by re-running this very command, so it is a script of its own.
 Each MODEL:ATTACK is one fit of 3 steps of SequenceClassification on words labelled with their
@@ -13,6 +13,9 @@ after the last, its batches, ``train/delta_norm`` of every step, the gradients a
 backward (DDP's all-reduced ones), how often each parameter's gradient was accumulated in each step
 (AccumulateGrad), how often DDP's communication hook ran in each step, and the robust accuracy that
 RobustEvaluation logged; or, for a fit that stopped with a ValueError before training, its message.
+``mlm:ATTACK`` and ``translation:ATTACK`` record the same for 3 steps of MaskedLanguageModelling (a
+1-block BERT on DATA_DIR/verses.txt) and Translation (a 1+1-layer Transformer on DATA_DIR/pairs.tsv),
+without validation (no RobustEvaluation figures).
 ``echo`` validates Translation's BLEU under RobustEvaluation instead (:func:`echo`).
 """
 
@@ -27,14 +30,19 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.distributed.tensor import DTensor
 
 from research.callbacks import AdversarialTraining, RobustEvaluation
-from research.data import LanguageWordsDataModule, TranslationDataModule
-from research.tasks import SequenceClassification
+from research.data import LanguageWordsDataModule, MaskedLanguageModellingDataModule, TranslationDataModule
+from research.tasks import MaskedLanguageModelling, SequenceClassification, Translation
 from research.tasks.sharding import FSDP2Strategy
 
 MODELS = {  # no dropout: the test recomputes the first step's gradient in one process
     "gru": {"name": "gru_classifier_tiny", "dropout": 0.0},
     "bert": {"name": "bert_tiny_classifier", "embed_dim": 32, "depth": 1, "num_heads": 2, "drop_rate": 0.0,
              "attn_drop_rate": 0.0},
+}
+TEXT_TASKS = {  # tasks beyond SequenceClassification: model spec (no dropout), as for MODELS
+    "mlm": {"name": "bert_tiny", "embed_dim": 32, "depth": 1, "num_heads": 2, "drop_rate": 0.0,
+            "attn_drop_rate": 0.0},
+    "translation": {"name": "transformer_tiny", "dropout": 0.0},
 }
 RECIPES = {  # one PGD step from zero and FreeLB from zero: deterministic, so the test can recompute them
     "pgd": dict(attack="pgd", eps=0.5, steps=1),
@@ -80,7 +88,7 @@ class Probe(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._accumulated, self._comm_before = {}, self.comm.calls
-        self.record["batches"].append({k: v.clone() for k, v in batch.items()})
+        self.record["batches"].append({k: v.clone() for k, v in batch.items() if isinstance(v, torch.Tensor)})
 
     def on_after_backward(self, trainer, pl_module):
         if "grads" not in self.record:
@@ -92,29 +100,45 @@ class Probe(Callback):
         self.record["delta_norm"].append(trainer.callback_metrics["train/delta_norm"].item())
 
 
+def text_task(data: Path, model: str, optim: dict) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """MaskedLanguageModelling or Translation, tiny, on the test's text (tokenizers cached in DATA_DIR)."""
+    if model == "mlm":
+        dm = MaskedLanguageModellingDataModule(corpus=str(data / "verses.txt"), vocab_size=300, max_length=32,
+                                               cache_dir=str(data / "mlm-tokenizer"), batch_size=8)
+        return MaskedLanguageModelling(dict(TEXT_TASKS[model]), optim=optim), dm
+    dm = TranslationDataModule(corpus=str(data / "pairs.tsv"), vocab_size=300, batch_size=8,
+                               cache_dir=str(data / "translation-tokenizer"), val_fraction=0.1, test_fraction=0.1)
+    return Translation(dict(TEXT_TASKS[model]), optim=optim, num_logged_samples=0), dm
+
+
 def main(words: Path, out: Path, model: str, attack: str, strategy: str = "ddp") -> None:
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(0)
-    dm = LanguageWordsDataModule(files={lang: str(words / f"{lang}.txt") for lang in ("english", "spanish")},
-                                 val_fraction=0.2, test_fraction=0.1, batch_size=8)
-    task = SequenceClassification(MODELS[model], optim={"name": "sgd", "lr": 0.1, "weight_decay": 0.0,
-                                                        "schedule": "constant"})
+    optim = {"name": "sgd", "lr": 0.1, "weight_decay": 0.0, "schedule": "constant"}
+    classify = model in MODELS
+    if classify:
+        dm = LanguageWordsDataModule(files={lang: str(words / f"{lang}.txt") for lang in ("english", "spanish")},
+                                     val_fraction=0.2, test_fraction=0.1, batch_size=8)
+        task = SequenceClassification(MODELS[model], optim=optim)
+    else:
+        task, dm = text_task(words, model, optim)
     comm = CommCount()
     probe = Probe(comm)
-    callbacks = [probe, AdversarialTraining(inputs="tokens", **RECIPES[attack]),
-                 RobustEvaluation(eps=0.5, num_samples=16, pgd_steps=2)]
+    callbacks = [probe, AdversarialTraining(inputs="tokens", **RECIPES[attack])]
+    if classify:
+        callbacks.append(RobustEvaluation(eps=0.5, num_samples=16, pgd_steps=2))
     trainer = L.Trainer(
         accelerator="cpu", devices=2, strategy=FSDP2Strategy() if strategy == "fsdp" else "ddp",
-        max_steps=3, limit_val_batches=2, val_check_interval=3, num_sanity_val_steps=0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
+        max_steps=3, limit_val_batches=2 if classify else 0, val_check_interval=3, num_sanity_val_steps=0,
+        use_distributed_sampler=model != "translation",  # its bucket sampler shards the batches itself
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=callbacks,
     )
     trainer.fit(task, datamodule=dm)
-    record = probe.record | {
-        "final": full(task.state_dict()),
-        "robust_acc": trainer.callback_metrics["val/robust_acc"].item(),
-        "clean_acc": trainer.callback_metrics["val/subset_clean_acc"].item(),
-        "world_size": trainer.world_size,
-    }
+    record = probe.record | {"final": full(task.state_dict()), "world_size": trainer.world_size}
+    if classify:
+        record |= {"robust_acc": trainer.callback_metrics["val/robust_acc"].item(),
+                   "clean_acc": trainer.callback_metrics["val/subset_clean_acc"].item()}
     torch.save(record, out / f"rank{trainer.global_rank}.pt")
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import trainer as quiet_trainer
-from ddp_embedding_run import MODELS, RECIPES
+from ddp_embedding_run import MODELS, RECIPES, text_task
 
 from research.attacks import embedding_perturbation, embedding_pgd
 from research.callbacks import AdversarialTraining, RobustEvaluation
@@ -22,16 +22,19 @@ SCRIPT = Path(__file__).with_name("ddp_embedding_run.py")
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = ("gru:pgd", "gru:freelb", "bert:pgd", "bert:freelb")
 SHARDED = ("bert:pgd:fsdp", "bert:freelb:fsdp")  # FSDP2 (research.tasks.sharding.FSDP2Strategy)
+TEXT_RUNS = ("mlm:pgd", "mlm:freelb", "translation:pgd", "translation:freelb")  # MaskedLanguageModelling, Translation
 
 
 def write_words(folder: Path) -> Path:
-    """The first 60 verses of the shipped Bible in each language, as the word classifier's two files; and
-    pairs.tsv, 120 distinct short English verses each paired with itself, for the echo translator."""
+    """The first 60 verses of the shipped Bible in each language, as the word classifier's two files;
+    pairs.tsv, 120 distinct short English verses each paired with itself, for the translators; and
+    verses.txt, 300 English verses, for the masked language model."""
     verses = read_tsv(EMBEDDED_BIBLE)
     for column, language in enumerate(("english", "spanish")):
         (folder / f"{language}.txt").write_text("\n".join(pair[column] for pair in verses[:60]), encoding="utf-8")
     sentences = list(dict.fromkeys(en for en, _ in verses if len(en.split()) <= 10))[:120]
     (folder / "pairs.tsv").write_text("".join(f"{en}\t{en}\n" for en in sentences), encoding="utf-8")
+    (folder / "verses.txt").write_text("\n".join(en for en, _ in verses[:300]), encoding="utf-8")
     return folder
 
 
@@ -53,13 +56,22 @@ def ddp_runs(tmp_path_factory) -> tuple[Path, Path]:
         "OMP_NUM_THREADS": "1",  # two processes on a small machine: no thread oversubscription
         "WANDB_MODE": "disabled",
     }
-    done = subprocess.run([sys.executable, str(SCRIPT), str(words), str(out), *RUNS, *SHARDED, "echo"], env=env,
+    done = subprocess.run([sys.executable, str(SCRIPT), str(words), str(out), *RUNS, *SHARDED, *TEXT_RUNS,
+                           "echo"], env=env,
                           cwd=out, capture_output=True, text=True, timeout=240)  # a hang (a rank waiting) fails here
     assert done.returncode == 0, done.stderr[-3000:]  # e.g. DDP's "marked ready twice" or unused-parameter errors
     return words, out
 
 
 def local_gradient(task: SequenceClassification, batch: dict, attack: str) -> dict[str, torch.Tensor]:
+    """One process's gradient of the first step (:func:`recipe_gradient`) of the word classifier."""
+    # the words have no special tokens: every character inside a word's length may move, no padding
+    mask = torch.arange(batch["tokens"].shape[1]) < batch["lengths"][:, None]
+    return recipe_gradient(task, lambda: F.cross_entropy(task(batch["tokens"], batch["lengths"]), batch["labels"]),
+                           mask, attack)
+
+
+def recipe_gradient(task, loss, mask: torch.Tensor, attack: str) -> dict[str, torch.Tensor]:
     """One process's gradient of the first step, derived here from the papers rather than the callback.
 
     pgd: one step from zero (Miyato et al.'s ``epsilon * g / ||g||`` per token), then the loss at the
@@ -68,13 +80,7 @@ def local_gradient(task: SequenceClassification, batch: dict, attack: str) -> di
     """
     params = dict(task.named_parameters())
     point = task.embedding_point()
-    # the words have no special tokens: every character inside a word's length may move, no padding
-    mask = torch.arange(batch["tokens"].shape[1]) < batch["lengths"][:, None]
     recipe = RECIPES[attack]
-
-    def loss():
-        return F.cross_entropy(task(batch["tokens"], batch["lengths"]), batch["labels"])
-
     if attack == "pgd":
         delta = embedding_pgd(loss, point, mask, radius=recipe["eps"], steps=1)
         with embedding_perturbation(point, delta):
@@ -130,6 +136,50 @@ def test_token_recipes_under_ddp(ddp_runs, run):
         assert torch.equal(grad, ranks[1]["grads"][name])
     # RobustEvaluation on tokens sums its counts over the ranks: both log the same figures
     assert ranks[0]["robust_acc"] == ranks[1]["robust_acc"] <= ranks[0]["clean_acc"] == ranks[1]["clean_acc"]
+
+
+@pytest.mark.parametrize("run", TEXT_RUNS)
+def test_token_recipes_of_the_text_tasks_under_ddp(ddp_runs, run):
+    """MaskedLanguageModelling (1-block BERT) and Translation (1+1-layer Transformer), 3 steps each: what
+    :func:`test_token_recipes_under_ddp` checks, the tokens to perturb taken from the tokenizer's special ids."""
+    words, out = ddp_runs
+    model, attack = run.split(":")
+    ranks = [torch.load(out / run.replace(":", "-") / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0]["world_size"] == 2
+    for name, value in ranks[0]["final"].items():
+        assert torch.equal(value, ranks[1]["final"][name]), name  # the ranks end with identical weights
+    trained = [name for name, value in ranks[0]["final"].items() if not torch.equal(value, ranks[0]["initial"][name])]
+    assert len(trained) > len(ranks[0]["final"]) // 2, trained
+    names = set(ranks[0]["grads"])
+    assert names and names == set(ranks[1]["grads"])
+    source = "input_ids" if model == "mlm" else "src"
+    for step in range(3):
+        # each rank perturbs its own shard: other sentences, another perturbation
+        assert not torch.equal(ranks[0]["batches"][step][source], ranks[1]["batches"][step][source])
+        assert ranks[0]["delta_norm"][step] != ranks[1]["delta_norm"][step]
+        for rank in ranks:
+            assert rank["delta_norm"][step] > 0
+            # no parameter gradient from the attack's passes; one all-reduce a step (one bucket: < 1 MB of weights)
+            assert rank["accumulated"][step] == dict.fromkeys(names, 1)
+            assert rank["allreduces"][step] == 1
+    # what DDP averaged is the mean of each rank's gradient of the recipe, the tokens to perturb derived here:
+    # every one but padding, [PAD], [CLS], [SEP], [MASK] (BOS and EOS of the translator are [CLS] and [SEP])
+    task, dm = text_task(words, model, {})
+    task.fit_to_data(dm)
+    task.load_state_dict(ranks[0]["initial"])
+    special = torch.tensor([dm.special_tokens.pad, dm.special_tokens.cls, dm.special_tokens.sep,
+                            dm.special_tokens.mask])
+    expected = []
+    for rank in ranks:
+        batch = rank["batches"][0]
+        mask = ~torch.isin(batch[source], special)
+        if model == "mlm":
+            mask &= ~batch["padding_mask"]
+        expected.append(recipe_gradient(task, lambda batch=batch: task.adversarial_loss(batch), mask, attack))
+    for name, grad in ranks[0]["grads"].items():
+        torch.testing.assert_close(grad, (expected[0][name] + expected[1][name]) / 2, rtol=1e-4, atol=1e-6,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+        assert torch.equal(grad, ranks[1]["grads"][name]), name  # DDP's average, the same on both ranks
 
 
 def test_pgd_on_tokens_under_fsdp2_ends_with_ddps_weights(ddp_runs):
