@@ -166,7 +166,8 @@ def training_curves(table: Table, results: list[Result]) -> Figure:
         ax.set_xticks(range(1, EPOCHS + 1))
         ax.set_xlabel(f"epoch ({BATCHES} batches of 128)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.lines:  # a report before any run has nothing to label
+            ax.legend(fontsize=8)
     axes[0].set_ylabel("training error (%)")
     figure.tight_layout()
     return figure
