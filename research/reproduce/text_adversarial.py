@@ -178,5 +178,5 @@ TABLE = Table(
         'scale.'
     ),
     digits=2,
-    minutes=34,  # wall, beside five other engineers' runs on 2 cores; 7.6 CPU-minutes of training (the rows)
+    minutes=10,  # wall, one torch thread, beside the test suite on the other core: 6.3 CPU-minutes of training
 )
