@@ -38,16 +38,13 @@ al.'s drop rule alone, and a gap-rule row would be one more config with ``guard_
 from __future__ import annotations
 
 import functools
-import json
 import math
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
 
-from research.reproduce.runs import attack_checkpoint, config_key, fit_run
+from research.reproduce.runs import EpochRecord, attack_checkpoint, config_key, fit_run
 from research.reproduce.table import Row, Table
 from research.reproduce.wong import EPS, SAMPLES, STEP, STEPS
 from research.reproduce.wong import FAST as RS
@@ -65,7 +62,7 @@ RECORD = ("--trainer.callbacks+=research.reproduce.catastrophic_overfitting.Guar
 QUICK = ("--trainer.limit_train_batches", "3")
 
 
-class GuardRecord(Callback):
+class GuardRecord(EpochRecord):
     """Write, after every training epoch, what the catastrophic-overfitting guard read and whether it stopped the run.
 
     For each epoch: ``train/guard_pgd_acc`` and ``train/guard_fgsm_acc`` as logged by
@@ -79,24 +76,11 @@ class GuardRecord(Callback):
 
     FILE = "guard.json"
 
-    def __init__(self) -> None:
-        self.epochs: list[dict[str, Any]] = []
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.epochs = []
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def reading(self, trainer: L.Trainer) -> dict[str, Any]:
         metrics = trainer.callback_metrics
         reading = {key: float(metrics[f"train/{key}"]) if f"train/{key}" in metrics else None
                    for key in ("guard_pgd_acc", "guard_fgsm_acc")}
-        self.epochs.append({"epoch": trainer.current_epoch, **reading, "stopped": bool(trainer.should_stop)})
-        folder = getattr(trainer.checkpoint_callback, "dirpath", None)
-        if folder and trainer.is_global_zero:
-            path = Path(folder) / self.FILE
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.epochs, indent=1))
-            tmp.replace(path)  # a reader never sees half a file
+        return {**reading, "stopped": bool(trainer.should_stop)}
 
 
 def guard_record(checkpoint: str) -> list[dict[str, Any]]:
@@ -105,10 +89,7 @@ def guard_record(checkpoint: str) -> list[dict[str, Any]]:
     Raises:
         FileNotFoundError: the run had no GuardRecord callback.
     """
-    path = Path(checkpoint).parent / GuardRecord.FILE
-    if not checkpoint or not path.is_file():
-        raise FileNotFoundError(f"no {GuardRecord.FILE} beside {checkpoint!r}: train with {RECORD[0]}")
-    return json.loads(path.read_text())
+    return GuardRecord.read(checkpoint, RECORD[0])
 
 
 @functools.cache

@@ -17,15 +17,12 @@ Fashion-MNIST is not shipped: set ``RESEARCH_DATA`` (see :func:`research.reprodu
 from __future__ import annotations
 
 import functools
-import json
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
 
-from research.reproduce.runs import config_key, fashion_mnist_root, fit_run
+from research.reproduce.runs import EpochRecord, config_key, fashion_mnist_root, fit_run
 from research.reproduce.table import Row, Table
 
 if TYPE_CHECKING:
@@ -50,7 +47,7 @@ FIG6 = "He et al. 2016, Fig. 6 (trend; CIFAR-10)"
 TABLE6 = "He et al. 2016, Table 6 (ResNet-56 6.97% vs ResNet-20 8.75%, CIFAR-10)"
 
 
-class TrainingErrorRecord(Callback):
+class TrainingErrorRecord(EpochRecord):
     """Write the training error (%) of every epoch, over the batches it trained on, beside the run's checkpoints.
 
     Reads ``train/acc``, which :class:`research.tasks.ImageClassification` logs as the mean over the epoch's
@@ -61,25 +58,12 @@ class TrainingErrorRecord(Callback):
 
     FILE = "train_error.json"
 
-    def __init__(self) -> None:
-        self.epochs: list[dict[str, float]] = []
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.epochs = []
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def reading(self, trainer: L.Trainer) -> dict[str, float]:
         accuracy = trainer.callback_metrics.get("train/acc")
         if accuracy is None:
             raise KeyError("TrainingErrorRecord reads train/acc, which this task does not log: use it with "
                            "research.tasks.ImageClassification")
-        self.epochs.append({"epoch": trainer.current_epoch, "train_error": 100 * (1 - float(accuracy))})
-        folder = getattr(trainer.checkpoint_callback, "dirpath", None)
-        if folder and trainer.is_global_zero:
-            path = Path(folder) / self.FILE
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.epochs, indent=1))
-            tmp.replace(path)  # a reader never sees half a file
+        return {"train_error": 100 * (1 - float(accuracy))}
 
 
 def training_error_record(checkpoint: str) -> list[float]:
@@ -88,10 +72,7 @@ def training_error_record(checkpoint: str) -> list[float]:
     Raises:
         FileNotFoundError: the run had no TrainingErrorRecord callback.
     """
-    path = Path(checkpoint).parent / TrainingErrorRecord.FILE
-    if not checkpoint or not path.is_file():
-        raise FileNotFoundError(f"no {TrainingErrorRecord.FILE} beside {checkpoint!r}: train with {RECORD[0]}")
-    return [epoch["train_error"] for epoch in json.loads(path.read_text())]
+    return [epoch["train_error"] for epoch in TrainingErrorRecord.read(checkpoint, RECORD[0])]
 
 
 @functools.cache

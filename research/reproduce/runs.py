@@ -22,7 +22,9 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
+import lightning as L
 import numpy as np
+from lightning.pytorch.callbacks import Callback
 
 from research.callbacks.checkpoint import LAST
 from research.data.readers import write_idx
@@ -123,6 +125,49 @@ def model_override(config: str, **changes: object) -> tuple[str, str]:
     if not isinstance(model, dict):
         raise ValueError(f"{config} gives its task no model dict ({model!r}) to change with {changes}")
     return "--model.init_args.model", json.dumps({**model, **changes})
+
+
+class EpochRecord(Callback):
+    """Write one reading per training epoch beside the run's checkpoints, so a table reads it without a logger.
+
+    A subclass names the file (:attr:`FILE`) and says what an epoch's reading is (:meth:`reading`); the
+    record is a JSON list of ``{"epoch": ..., **reading}``, rewritten after every epoch by rank 0 (atomically:
+    a reader never sees half a file) and read back with :meth:`read`.
+    """
+
+    FILE = "epochs.json"
+
+    def __init__(self) -> None:
+        self.epochs: list[dict] = []
+
+    def reading(self, trainer: L.Trainer) -> dict:
+        """What to record of the epoch that just ended."""
+        raise NotImplementedError
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epochs = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epochs.append({"epoch": trainer.current_epoch, **self.reading(trainer)})
+        folder = getattr(trainer.checkpoint_callback, "dirpath", None)
+        if folder and trainer.is_global_zero:
+            path = Path(folder) / self.FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.epochs, indent=1))
+            tmp.replace(path)
+
+    @classmethod
+    def read(cls, checkpoint: str, option: str) -> list[dict]:
+        """The record beside ``checkpoint``.
+
+        Raises:
+            FileNotFoundError: the run had no such record; ``option`` is the command-line argument that adds it.
+        """
+        path = Path(checkpoint).parent / cls.FILE
+        if not checkpoint or not path.is_file():
+            raise FileNotFoundError(f"no {cls.FILE} beside {checkpoint!r}: train with {option}")
+        return json.loads(path.read_text())
 
 
 def over_seeds(config: str, overrides: tuple[str, ...], metric: str, seeds: int, *, quick: bool) -> Measured:
