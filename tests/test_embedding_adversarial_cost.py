@@ -29,8 +29,8 @@ def test_the_tiny_run_prints_every_row(cost, capsys, tmp_path):
         assert milliseconds > 0, row
         if "FreeLB" in row or "PGD" in row:
             assert row.endswith("| not checked (--tiny) |"), row
-            # an adversarial step runs the clean step's pass and more (FreeLB's first of K is no cheaper)
-            assert float(row.split(" | ")[3]) > 1, row
+            # the ratio itself is a timing: the benchmark reports it, a test does not assert it (shared CPUs)
+            assert float(row.split(" | ")[3]) > 0, row
 
 
 def test_a_missed_goal_is_reported_and_fails(cost):
