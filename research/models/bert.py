@@ -302,48 +302,58 @@ def init_bert_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+# L, H, A of the registered BERTs (MLM and classifier alike): BERT-Base and BERT-Large from the paper (Sec. 3),
+# the miniatures from Turc et al. 2019, "Well-Read Students Learn Better", arXiv 1908.08962, Table 1 grid.
+SIZES = {
+    "tiny": dict(embed_dim=128, depth=2, num_heads=2),
+    "mini": dict(embed_dim=256, depth=4, num_heads=4),
+    "small": dict(embed_dim=512, depth=4, num_heads=8),
+    "medium": dict(embed_dim=512, depth=8, num_heads=8),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+}
+
+
 def _bert(kwargs: dict, **defaults) -> BertForMaskedLM:
     """Build a BERT from a factory's pinned ``defaults``, which the caller's ``kwargs`` override."""
     return BertForMaskedLM(**dict(defaults, **kwargs))
 
 
-# L, H, A of BERT-Base and BERT-Large from the paper (Sec. 3); the miniatures (tiny, mini, small,
-# medium) from Turc et al. 2019, "Well-Read Students Learn Better", arXiv 1908.08962, Table 1 grid.
 # vocab_size defaults to bert-base-uncased's 30,522; a task sets it from its tokenizer.
 @register_model
 def bert_tiny(**kwargs) -> BertForMaskedLM:
     """BERT-Tiny: L=2, H=128, A=2 (4.4M parameters with the 30,522-token vocabulary)."""
-    return _bert(kwargs, embed_dim=128, depth=2, num_heads=2)
+    return _bert(kwargs, **SIZES["tiny"])
 
 
 @register_model
 def bert_mini(**kwargs) -> BertForMaskedLM:
     """BERT-Mini: L=4, H=256, A=4."""
-    return _bert(kwargs, embed_dim=256, depth=4, num_heads=4)
+    return _bert(kwargs, **SIZES["mini"])
 
 
 @register_model
 def bert_small(**kwargs) -> BertForMaskedLM:
     """BERT-Small: L=4, H=512, A=8."""
-    return _bert(kwargs, embed_dim=512, depth=4, num_heads=8)
+    return _bert(kwargs, **SIZES["small"])
 
 
 @register_model
 def bert_medium(**kwargs) -> BertForMaskedLM:
     """BERT-Medium: L=8, H=512, A=8."""
-    return _bert(kwargs, embed_dim=512, depth=8, num_heads=8)
+    return _bert(kwargs, **SIZES["medium"])
 
 
 @register_model
 def bert_base(**kwargs) -> BertForMaskedLM:
     """BERT-Base: L=12, H=768, A=12 (109,482,240 encoder + pooler parameters, as HF's BertModel)."""
-    return _bert(kwargs, embed_dim=768, depth=12, num_heads=12)
+    return _bert(kwargs, **SIZES["base"])
 
 
 @register_model
 def bert_large(**kwargs) -> BertForMaskedLM:
     """BERT-Large: L=24, H=1024, A=16 (335,141,888 encoder + pooler parameters, as HF's BertModel)."""
-    return _bert(kwargs, embed_dim=1024, depth=24, num_heads=16)
+    return _bert(kwargs, **SIZES["large"])
 
 
 # --- Hugging Face layout -------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 
 from research.checkpoint_file import load_checkpoint
-from research.models.bert import Bert, _fit_positions, _from_huggingface, _is_hf_bert, init_bert_weights
+from research.models.bert import SIZES, Bert, _fit_positions, _from_huggingface, _is_hf_bert, init_bert_weights
 from research.models.registry import register_model
 from research.models.weights import StateDict, import_weights, register_layout, register_resize
 
@@ -151,23 +151,23 @@ def _bert_classifier(kwargs: dict, **defaults) -> BertForSequenceClassification:
     return BertForSequenceClassification(**dict(defaults, **kwargs))
 
 
-# The sizes of research.models.bert's registered BERTs (Turc et al. 2019 for tiny and mini; Sec. 3 for base).
+# The sizes of research.models.bert's registered BERTs (bert.SIZES).
 @register_model
 def bert_tiny_classifier(**kwargs) -> BertForSequenceClassification:
     """BERT-Tiny (L=2, H=128, A=2) with a sequence-classification head; ``vocab_size`` and ``num_classes`` needed."""
-    return _bert_classifier(kwargs, embed_dim=128, depth=2, num_heads=2)
+    return _bert_classifier(kwargs, **SIZES["tiny"])
 
 
 @register_model
 def bert_mini_classifier(**kwargs) -> BertForSequenceClassification:
     """BERT-Mini (L=4, H=256, A=4) with a sequence-classification head."""
-    return _bert_classifier(kwargs, embed_dim=256, depth=4, num_heads=4)
+    return _bert_classifier(kwargs, **SIZES["mini"])
 
 
 @register_model
 def bert_base_classifier(**kwargs) -> BertForSequenceClassification:
     """BERT-Base (L=12, H=768, A=12) with a sequence-classification head."""
-    return _bert_classifier(kwargs, embed_dim=768, depth=12, num_heads=12)
+    return _bert_classifier(kwargs, **SIZES["base"])
 
 
 register_layout(BertForSequenceClassification, "huggingface", detect=lambda sd: _is_hf_bert(sd, "bert."),

@@ -31,11 +31,10 @@ accuracy, the counterpart of MNLI's fine-tuned accuracy.
 from __future__ import annotations
 
 import functools
-import json
 from typing import NamedTuple
 
 from research.reproduce.plots import two_panels
-from research.reproduce.runs import config_key, fit_run
+from research.reproduce.runs import config_key, fit_run, model_override
 from research.reproduce.table import Row, Table
 
 PRETRAIN = "bert/bible_bert_tiny.yaml"
@@ -88,9 +87,7 @@ def measured(name: str, quick: bool) -> dict[str, float]:
     pretrain = fit_run(PRETRAIN, pretrain_overrides(name), quick=quick)
     if not pretrain.last:
         raise FileNotFoundError(f"pre-training with strategy {name} wrote no checkpoint")
-    with_encoder = json.dumps({"name": "bert_tiny_classifier", "drop_rate": 0.1, "attn_drop_rate": 0.1,
-                               "pretrained": pretrain.last})
-    finetune = fit_run(FINETUNE, ("--model.init_args.model", with_encoder, "--data.init_args.tokenizer_of",
+    finetune = fit_run(FINETUNE, (*model_override(FINETUNE, pretrained=pretrain.last), "--data.init_args.tokenizer_of",
                                   pretrain.last), quick=quick)
     return {"mlm_acc": 100 * pretrain.metrics["test/acc"], "finetune_acc": 100 * finetune.metrics["test/acc"]}
 

@@ -24,11 +24,9 @@ embedding norms, see the configs). The rows:
 from __future__ import annotations
 
 import functools
-import json
 from functools import partial
 
-from research.reproduce.runs import CONFIGS as ROOT
-from research.reproduce.runs import Run, config_key, fit_run
+from research.reproduce.runs import Run, config_key, fit_run, model_override
 from research.reproduce.table import Row, Table
 
 PRETRAIN = "bert/bible_bert_tiny.yaml"
@@ -56,11 +54,7 @@ def pretraining(quick: bool) -> Run:
 
 def _overrides(config: str, checkpoint: str) -> tuple[str, ...]:
     """The fine-tuning config's arguments pointed at ``checkpoint``, the pre-training this process ran."""
-    import yaml
-
-    spec = yaml.safe_load((ROOT / config).read_text())["model"]["init_args"]["model"]
-    return ("--model.init_args.model", json.dumps({**spec, "pretrained": checkpoint}),
-            "--data.init_args.tokenizer_of", checkpoint)
+    return (*model_override(config, pretrained=checkpoint), "--data.init_args.tokenizer_of", checkpoint)
 
 
 @functools.cache

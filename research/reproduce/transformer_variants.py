@@ -29,7 +29,7 @@ import functools
 from typing import NamedTuple
 
 from research.reproduce.plots import two_panels
-from research.reproduce.runs import config_key, fit_run
+from research.reproduce.runs import config_key, fit_run, model_override
 from research.reproduce.table import Row, Table
 
 CONFIG = "seq2seq/bible_en_es_transformer_variants.yaml"
@@ -88,16 +88,8 @@ def overrides(name: str) -> tuple[str, ...]:
     Raises:
         KeyError: ``name`` is not in :data:`VARIANTS`.
     """
-    import json
-
-    import yaml
-
-    from research.reproduce.runs import config_file
-
     variant = VARIANTS[name]
-    with config_file(CONFIG) as path:
-        base = yaml.safe_load(path.read_text())["model"]["init_args"]["model"]
-    options = ("--model.init_args.model", json.dumps({**base, **variant.model}))
+    options = model_override(CONFIG, **variant.model)
     if variant.label_smoothing is not None:
         options += ("--model.init_args.label_smoothing", str(variant.label_smoothing))
     return options
