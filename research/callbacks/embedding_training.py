@@ -220,9 +220,10 @@ class EmbeddingTraining:
         norms = delta.norm(dim=-1)
         if bool((norms > 0).any()):
             self.perturbed_batches += 1
-        size = len(mask)
-        pl_module.log("train/perturbed_tokens", mask.float().mean(), batch_size=size)
-        pl_module.log("train/delta_norm", norms[mask].mean() if mask.any() else norms.sum(), batch_size=size)
+        size, kept = len(mask), mask.float()
+        pl_module.log("train/perturbed_tokens", kept.mean(), batch_size=size)
+        # the mean over perturbable tokens, without boolean indexing (a host sync and a copy)
+        pl_module.log("train/delta_norm", (norms * kept).sum() / kept.sum().clamp_min(1), batch_size=size)
 
 
 def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None, torch.device]:

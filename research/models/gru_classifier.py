@@ -5,7 +5,8 @@ Statistical Machine Translation" (arXiv 1406.1078), Sec. 2.3, as ``torch.nn.GRU`
 Our notes use it over characters to tell the language of a single word
 (:class:`~research.data.words.LanguageWordsDataModule`).
 
-Padded batches go through the GRU as packed sequences, so each sequence's final hidden state is
+Padded batches go through the GRU as packed sequences would
+(:func:`~research.layers.recurrent.gru_over_lengths`), so each sequence's final hidden state is
 taken at its own last token, never after padding: a sequence gets the same logits whatever the
 length of the batch it comes in (tests/models/test_gru_classifier.py checks it). With
 ``bidirectional`` the forward direction ends at the last token and the backward one at the first;
@@ -16,8 +17,8 @@ from __future__ import annotations
 
 from einops import rearrange
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence
 
+from research.layers.recurrent import gru_over_lengths
 from research.models.protocols import positionless_embedding_output
 from research.models.registry import register_model
 
@@ -115,9 +116,7 @@ class GRUClassifier(nn.Module):
                 "map characters outside the vocabulary to its unknown id, or build the model with the data's vocab_size"
             )
         embedded = self.embedding(tokens)  # (B, L, E)
-        # pack_padded_sequence wants the lengths on the CPU; enforce_sorted=False sorts and unsorts for us
-        packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, last = self.gru(packed)  # (num_layers * D, B, H), back in batch order
+        _, last = gru_over_lengths(self.gru, embedded, lengths, outputs=False)  # (num_layers * D, B, H)
         last = rearrange(last, "(l d) b h -> l b (d h)", d=self.num_directions)
         return last[-1]
 

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from research.layers.recurrent import gru_over_lengths
 from research.models.protocols import positionless_embedding_output
 from research.models.registry import register_model
 
@@ -120,10 +120,8 @@ class GRUSeq2Seq(nn.Module):
 
         """
         padding_mask = src == self.pad_id
-        lengths = (~padding_mask).sum(1).clamp(min=1).cpu()  # pack needs CPU lengths >= 1
-        packed = pack_padded_sequence(self.drop(self.src_embed(src)), lengths, batch_first=True, enforce_sorted=False)
-        out, last = self.encoder(packed)
-        annotations, _ = pad_packed_sequence(out, batch_first=True, total_length=src.shape[1])
+        lengths = (~padding_mask).sum(1).clamp(min=1)  # an all-padding row still takes one step
+        annotations, last = gru_over_lengths(self.encoder, self.drop(self.src_embed(src)), lengths)
         # last[1] is the backward GRU's state after reading the sentence right to left, i.e. backward_1.
         initial_state = torch.tanh(self.init_state(last[1]))
         return GRUMemory(annotations, self.attn_key(annotations), padding_mask, initial_state)

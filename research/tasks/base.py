@@ -57,6 +57,9 @@ class Task(L.LightningModule):
     #: the protocol of research.models.protocols that the model implements, and how a message names
     #: such a model; None takes any module.
     model_contract: ClassVar[tuple[type, str] | None] = None
+    #: hyperparameters naming a checkpoint file that only initialises weights (``pretrained``, a
+    #: distillation teacher), as does a model spec's own ``pretrained``: see :meth:`on_save_checkpoint`.
+    weight_sources: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, optim: OptimizerSettings | Mapping[str, Any], *,
                  compile: bool | Mapping[str, Any] = False) -> None:
@@ -159,6 +162,23 @@ class Task(L.LightningModule):
     def data_sizes(self, datamodule: L.LightningDataModule | None) -> dict[str, Any]:
         """The model-spec values ``datamodule`` knows; raises, naming what to add to the spec, when it knows too few."""
         raise NotImplementedError(f"{type(self).__name__} takes no sizes from the data")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the files the weights started from as a record only: ``<name>_from``, the hyperparameter set to None.
+
+        A checkpoint holds every weight, so rebuilding the task from it (``load_from_checkpoint``,
+        ``--ckpt_path``) must not read the file a run started from, which may be gone or moved.
+        Covers the task's :attr:`weight_sources` and the model spec's ``pretrained`` (recorded as
+        ``model_pretrained_from``).
+        """
+        hparams = checkpoint.get("hyper_parameters") or {}
+        for name in self.weight_sources:
+            if hparams.get(name) is not None:
+                checkpoint[f"{name}_from"], hparams[name] = hparams[name], None
+        spec = hparams.get("model")
+        if isinstance(spec, Mapping) and spec.get("pretrained") is not None:
+            # a new dict: the checkpoint's hyperparameters are a shallow copy of the live ones
+            checkpoint["model_pretrained_from"], hparams["model"] = spec["pretrained"], {**spec, "pretrained": None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A checkpoint of another model stops here with a readable message, before torch's strict load."""

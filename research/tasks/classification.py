@@ -59,6 +59,7 @@ class ImageClassification(ImageTask):
 
     default_optim = OptimizerSettings(name="adamw", lr=1e-3, weight_decay=0.05, schedule="cosine")
     checkpoint_monitor = ("val/acc", "max")
+    weight_sources = ("pretrained",)
 
     def __init__(
         self,
@@ -196,12 +197,8 @@ class ImageClassification(ImageTask):
         return str(self.hparams.get("model", type(self.model).__name__))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)  # ``pretrained`` kept as a record only (Task.weight_sources)
         checkpoint["model_description"] = self._model_description()
-        hparams = checkpoint.get("hyper_parameters", {})
-        if hparams.get("pretrained") is not None:
-            # The checkpoint holds all weights: rebuilding the task from it must not need the file
-            # the run started from (which may be gone), so that path is kept only as a record.
-            checkpoint["pretrained_from"], hparams["pretrained"] = hparams["pretrained"], None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A checkpoint of another model stops here with a readable message, before torch's strict load."""

@@ -74,7 +74,7 @@ class Distillation(ImageClassification):
 
     Checkpoints of this task hold the teacher's weights too, so that a run resumes, and the task
     is rebuilt by ``load_from_checkpoint``, without the teacher's file (its path is kept as
-    ``teacher_from``). That costs the teacher's size on disk.
+    ``teacher_checkpoint_from``). That costs the teacher's size on disk.
 
     Args:
         model: the student, as for ImageClassification.
@@ -87,6 +87,8 @@ class Distillation(ImageClassification):
         **kwargs: the other ImageClassification arguments (optim, mean/std, ...).
             ``linear_probe`` is not supported: the student is trained whole.
     """
+
+    weight_sources = ("pretrained", "teacher_checkpoint")
 
     def __init__(
         self,
@@ -175,13 +177,6 @@ class Distillation(ImageClassification):
                 f"{self._teacher_description()} trained on this data (e.g. --model.init_args.teacher_checkpoint "
                 "checkpoints/resnet/mnist_resnet18/last.ckpt)"
             )
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        hparams = checkpoint.get("hyper_parameters", {})
-        if hparams.get("teacher_checkpoint") is not None:
-            # the teacher's weights are in the state_dict; rebuilding must not need its file
-            checkpoint["teacher_from"], hparams["teacher_checkpoint"] = hparams["teacher_checkpoint"], None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)

@@ -107,3 +107,26 @@ def test_user_mistakes_are_clear():
         create_model("bert_tiny_classifier", vocab_size=50, num_classes=2, pad_id=50)
     with pytest.raises(ValueError, match="always has the pooler"):
         create_model("bert_tiny_classifier", vocab_size=50, num_classes=2, pooler=False)
+
+
+def test_a_fine_tuned_checkpoint_reloads_without_the_mlm_checkpoint(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from conftest import trainer
+    from research.tasks import SequenceClassification
+
+    mlm_checkpoint(tmp_path / "mlm.ckpt")
+    spec = {"name": "bert_tiny_classifier", **TINY, "num_classes": 3, "pretrained": str(tmp_path / "mlm.ckpt")}
+    task = SequenceClassification(spec)
+    ids = tokens()
+    batches = [{"tokens": ids, "lengths": (ids != 0).sum(1), "labels": torch.tensor([0, 1, 2])}]
+    fit = trainer(max_steps=1, limit_val_batches=0)
+    fit.fit(task, train_dataloaders=DataLoader(batches, batch_size=None))
+    fit.save_checkpoint(tmp_path / "tuned.ckpt")
+    assert task.hparams.model["pretrained"] == str(tmp_path / "mlm.ckpt")  # the live run's record is untouched
+    (tmp_path / "mlm.ckpt").unlink()  # moved, or another machine
+    saved = torch.load(tmp_path / "tuned.ckpt", weights_only=True)
+    assert saved["model_pretrained_from"] == str(tmp_path / "mlm.ckpt")
+    reloaded = SequenceClassification.load_from_checkpoint(tmp_path / "tuned.ckpt", weights_only=True)
+    for key, value in task.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[key], value), key
