@@ -6,7 +6,12 @@
 A clean training step is forward + cross-entropy + backward + SGD step. A PGD-k step is k attack
 steps (:func:`research.attacks.pgd`, L-inf, eps 0.3, random start, eval mode as in Madry et al.)
 and then the same training step on the adversarial batch; an FGSM-RS step (Wong et al. 2020) is
-one attack step from a random start with step 1.25 eps, then the training step. Time per step is
+one attack step from a random start with step 1.25 eps, then the training step. A TRADES-k step
+(Zhang et al. 2019) is k steps of its KL inner maximisation (:func:`research.attacks.trades_attack`)
+and a training pass on clean and adversarial images (two forwards, one backward) (``CE(x) + beta KL(f(x) || f(x'))``, as
+``AdversarialTraining(attack="trades")`` trains); a MART-k step (Wang et al. 2020) the same with its
+cross-entropy attack and loss: both are printed as a ratio to PGD-k, the recipe they replace at
+the same attack budget. Time per step is
 the median over ``--repeats`` rounds, each timing ``--iters`` steps of every kind in turn (so
 that a change in machine load hits all kinds alike). Peak memory is the highest memory allocated
 during one step above what was allocated before it (weights and optimizer state are there
@@ -35,10 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from research.attacks import pgd
+from research.attacks import mart_attack, pgd, trades_attack
+from research.callbacks.adversarial_training import mart_regularizer, trades_kl
 from research.models import create_model
 
 EPS = 0.3  # MNIST's L-inf radius (Madry et al. 2018)
+BETA = 6.0  # TRADES' 1/lambda (Zhang et al.'s headline); MART's beta is of the same order (5-6)
 
 
 def setup(name: str, batch_size: int, device: torch.device):
@@ -75,8 +82,29 @@ def kinds(model, opt, x, y, steps: list[int]) -> dict[str, Callable[[], None]]:
                 torch.autograd.grad(loss, x_adv)
         return run
 
+    def paired_step(k, recipe):
+        # the callback's TRADES/MART training pass: the task's forward on x, one more on x_adv, one backward
+        def run():
+            step = 2.5 * EPS / k
+            if recipe == "trades":
+                x_adv = trades_attack(model, x, eps=EPS, step_size=step, steps=k)
+            else:
+                x_adv = mart_attack(model, x, y, eps=EPS, step_size=step, steps=k)
+            model.train()
+            opt.zero_grad(set_to_none=True)
+            clean, adv = model(x), model(x_adv)
+            if recipe == "trades":
+                loss = F.cross_entropy(clean, y) + BETA * trades_kl(clean, adv)
+            else:
+                boost, kl = mart_regularizer(clean, adv, y)
+                loss = F.cross_entropy(adv, y) + boost + BETA * kl
+            loss.backward()
+            opt.step()
+        return run
+
     out = {"clean": lambda: train_on(x)}
     out.update({f"pgd{k}": pgd_step(k) for k in steps})
+    out.update({f"{recipe}{k}": paired_step(k, recipe) for k in steps for recipe in ("trades", "mart")})
     out["fgsm_rs"] = lambda: train_on(pgd(model, x, y, eps=EPS, step_size=1.25 * EPS, steps=1, random_start=True))
     out["attack_step"] = attack_step(weight_grads=False)
     out["attack_step_naive"] = attack_step(weight_grads=True)
@@ -159,6 +187,10 @@ def main() -> None:
         for k in args.steps:
             ratio = t[f"pgd{k}"] / ((k + 1) * clean)
             print(f"| {name} | PGD-{k} | {1e3 * t[f'pgd{k}']:.1f} | {ratio:.3f} of (k+1) x clean | <= 0.85 |")
+        for k in args.steps:
+            for recipe, label in (("trades", "TRADES"), ("mart", "MART")):
+                ratio = t[f"{recipe}{k}"] / t[f"pgd{k}"]
+                print(f"| {name} | {label}-{k} | {1e3 * t[f'{recipe}{k}']:.1f} | {ratio:.3f} x PGD-{k} | |")
         print(f"| {name} | FGSM-RS | {1e3 * t['fgsm_rs']:.1f} | {t['fgsm_rs'] / clean:.3f} x clean | <= 2.0 |")
         print(f"| {name} | one attack step (input grad only) | {1e3 * t['attack_step']:.1f} | "
               f"{t['attack_step'] / clean:.3f} x clean | |")
