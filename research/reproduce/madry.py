@@ -114,11 +114,11 @@ TABLE = Table(
     "An FGSM or PGD figure is an upper bound on robust accuracy (a stronger attack can only lower it), which is "
     "why the AutoAttack row is the headline; the last row says by how much PGD-40 overstates it here. "
     "Our data differs: the 8,000 embedded MNIST training digits (not 60,000); the natural model trains 3 epochs, "
-    "the PGD model 2 epochs in batches of 100 (Adam with Wong et al.'s cyclic learning rate, peak 5e-3 at 2/5 of "
+    "the PGD model 7 epochs in batches of 100 (Adam with Wong et al.'s cyclic learning rate, peak 5e-3 at 2/5 of "
     "the run, full eps from the first step; the paper: 100k steps of 50 at 1e-4); and "
     f"{SAMPLES} of the 1,000 embedded test digits attacked (the paper and Croce & Hein: all 10,000). PGD steps are "
     "0.01 from a random start. AutoAttack's 88.50 is of Madry et al.'s released network, trained as Table 1's. "
-    "Expect our robust accuracies below the paper's: our PGD training sees 16,000 images, theirs 5 million.",
+    "Expect our robust accuracies below the paper's: our PGD training sees 56,000 images, theirs 5 million.",
     plot=paper_vs_ours,
     minutes=11,  # measured: 656 s of CPU (python -m research reproduce madry --fresh, one thread)
 )
