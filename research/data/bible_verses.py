@@ -214,7 +214,8 @@ class BibleVersesDataModule(SplitDataModule):
     def _check_held_out(self, run: str) -> None:
         """Warn when the pre-training may have read this datamodule's test verses (another corpus or split)."""
         mlm = self.pretraining
-        same = (mlm.corpus is None and self.corpus == EMBEDDED_BIBLE and mlm.tsv_column == 0
+        files = [EMBEDDED_BIBLE] if mlm.corpus is None else [mlm.corpus] if isinstance(mlm.corpus, str) else mlm.corpus
+        same = ([Path(f).resolve() for f in files] == [self.corpus.resolve()] and mlm.tsv_column == 0
                 and mlm.test_fraction == self.test_fraction)
         if not same:
             log.warning("the pre-training run %s held out other lines than this datamodule's test verses: it may have "

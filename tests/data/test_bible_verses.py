@@ -113,3 +113,27 @@ def test_by_default_the_tokenizer_is_the_mlm_pretrainings(tmp_path):
     assert (dm.vocab_size, dm.pad_id) == (mlm.vocab_size, mlm.special_tokens.pad)
     ids = dm.encode(["In the beginning, God created the heavens and the earth."])[0]
     assert ids.tolist() == mlm.tokenizer.encode("In the beginning, God created the heavens and the earth.").ids
+
+
+def test_a_pretraining_on_another_corpus_is_warned_about_and_on_the_same_one_not(small, tmp_path, caplog):
+    """The MLM run's held-out lines are this datamodule's test verses when it read the same corpus (issue 17)."""
+    run = tmp_path / "mlm"
+    run.mkdir()
+
+    def pretrained_on(corpus):
+        args = {"tokenizer": small["tokenizer"]} | ({} if corpus is None else {"corpus": corpus})
+        (run / "config.yaml").write_text(yaml.safe_dump({"data": {"class_path": "research.data."
+                                                                  "MaskedLanguageModellingDataModule",
+                                                                  "init_args": args}}))
+        return run / "last.ckpt"
+
+    def warned(pretraining_corpus, **data) -> bool:
+        caplog.clear()
+        BibleVersesDataModule(tokenizer_of=str(pretrained_on(pretraining_corpus)), **data)
+        return "held out other lines than this datamodule's test verses" in caplog.text
+
+    same_file = dict(corpus=small["corpus"], references=small["references"])
+    assert not warned(None)  # both the embedded Bible
+    assert not warned(small["corpus"], **same_file)  # both the same file
+    assert warned(small["corpus"])  # the embedded Bible's verses, pre-trained on another corpus
+    assert warned(None, **same_file)
