@@ -46,6 +46,7 @@ def accuracy(variant: str, quick: bool) -> Measured:
     """Test accuracy (%) of ``variant``, mean and standard deviation over :data:`SEEDS` seeds (quick: one)."""
     model = model_override(CONFIG, **VARIANTS[variant][0])
     overrides = ("--data.init_args.root", str(fashion_mnist_root(quick)), *model)
+    overrides += ("--data.init_args.batch_size", "32") if quick else ()  # quick: steps of 32 images, not 128
     return over_seeds(CONFIG, overrides, "test/acc", SEEDS, quick=quick)
 
 
