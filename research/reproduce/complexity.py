@@ -7,6 +7,7 @@ are multiply-adds, and torch's counter counts two FLOPs per multiply-add, so our
 
 from __future__ import annotations
 
+import functools
 from functools import partial
 
 import torch
@@ -24,14 +25,26 @@ def build_on_meta(name: str, **kwargs) -> nn.Module:
 
 def params_m(name: str, quick: bool = False, *, part: str | None = None, **kwargs) -> float:
     """Millions of parameters of ``name`` (of its submodule ``part`` if given)."""
+    return _params_m(name, part, **kwargs)
+
+
+def gmacs(name: str, quick: bool = False, *, img_size: int = 224, **kwargs) -> float:
+    """Billions of multiply-adds for one (1, 3, img_size, img_size) image."""
+    return _gmacs(name, img_size, **kwargs)
+
+
+# Counted once per process (quick or not: a count is exact either way), so the report, the quick table and the
+# tests that read the same rows build each model on the meta device once.
+@functools.cache
+def _params_m(name: str, part: str | None, **kwargs) -> float:
     model = build_on_meta(name, **kwargs)
     if part is not None:
         model = model.get_submodule(part)
     return sum(p.numel() for p in model.parameters()) / 1e6
 
 
-def gmacs(name: str, quick: bool = False, *, img_size: int = 224, **kwargs) -> float:
-    """Billions of multiply-adds for one (1, 3, img_size, img_size) image."""
+@functools.cache
+def _gmacs(name: str, img_size: int, **kwargs) -> float:
     model = build_on_meta(name, **kwargs).eval()
     with FlopCounterMode(display=False) as counter:
         model(torch.empty(1, 3, img_size, img_size, device="meta"))
