@@ -188,3 +188,38 @@ def test_a_monitor_that_cannot_work_stops_before_training(extra, said, tmp_path)
     with pytest.raises(UserError, match=said.replace("?", r"\?")):
         fit(["--trainer.max_epochs", "1", *extra], tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_run_started_from_pretrained_weights_is_tested_and_loaded_without_that_file(tmp_path):
+    """--ckpt_path (and load_run) take every weight from the checkpoint: the config's pretrained file may be gone."""
+    from research.commands.load import load_run
+
+    config = str(ROOT / "configs/cnn/mnist_five_layer_cnn.yaml")
+    tiny = [*QUIET, "--trainer.logger", "false", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches",
+            "1", "--trainer.limit_test_batches", "1", "--trainer.max_epochs", "1", "--test_after_fit", "false"]
+    source = main(["fit", "--config", config, *tiny, "--experiment", "source"])
+    (tmp_path / "source.ckpt").write_bytes((tmp_path / source.trainer.checkpoint_callback.dirpath / "last.ckpt")
+                                           .read_bytes())
+    tuned = [*tiny, "--model.init_args.pretrained", str(tmp_path / "source.ckpt"), "--experiment", "tuned"]
+    fitted = main(["fit", "--config", config, *tuned])
+    (tmp_path / "source.ckpt").unlink()  # moved, or another machine
+    cli = main(["test", "--config", config, *tuned, "--ckpt_path", "last"])
+    assert "test/acc" in cli.trainer.callback_metrics
+    last = tmp_path / fitted.trainer.checkpoint_callback.dirpath / "last.ckpt"
+    run = load_run(config, last, tuned[-4:-2])
+    for key, value in weights(cli).items():
+        assert torch.equal(run.task.state_dict()[key], value), key
+
+
+def test_load_run_takes_a_text_checkpoint_whose_sizes_came_from_the_data(tmp_path):
+    """The checkpoint's model spec also records vocab_size, num_classes and pad_id; the config leaves them out."""
+    from research.commands.load import load_run
+
+    config = str(ROOT / "configs/text/bible_language_id_gru.yaml")
+    fitted = main(["fit", "--config", config, *QUIET, "--trainer.logger", "false", "--trainer.max_steps", "2",
+                   "--trainer.limit_val_batches", "1", "--test_after_fit", "false"])
+    last = tmp_path / fitted.trainer.checkpoint_callback.dirpath / "last.ckpt"
+    run = load_run(config, last)
+    assert run.task.hparams.model["vocab_size"] == fitted.model.hparams.model["vocab_size"]
+    with pytest.raises(ValueError, match="pass the config the checkpoint was trained with"):
+        load_run(config, last, ["--model.init_args.model", '{"name": "gru_classifier", "hidden_size": 8}'])

@@ -253,7 +253,13 @@ class AdversarialTraining(Callback):
     Token inputs (see :mod:`research.callbacks.embedding_training`): ``attack="pgd"`` is PGD in
     embedding space, ``eps`` the radius relative to each token's embedding norm; ``attack="freelb"``
     is FreeLB, ``eps`` the Frobenius radius of each sequence's perturbation. ``norm``, ``fraction``,
-    ``replays``, ``beta`` and the guards are image options.
+    ``replays``, ``beta`` and the guards are image options. Logged every step on tokens:
+    ``train/perturbed_tokens``, the share of token positions that may move (not padding, not a
+    special token), and ``train/delta_norm``, the mean L2 norm of a perturbable token's
+    perturbation in embedding units (not relative: pgd bounds it per token by ``eps`` times that
+    token's embedding norm, freelb bounds each sequence's Frobenius norm by ``eps``; FreeLB's random
+    start is of magnitude ``init_eps`` and, as in the reference, not projected, so with ``steps=1``
+    it is what trains).
 
     Args:
         attack: "pgd", "fgsm_rs", "free", "trades" or "mart" on images; "pgd" or "freelb" on tokens.

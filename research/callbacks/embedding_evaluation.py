@@ -147,7 +147,10 @@ class EmbeddingRobustness:
             raise ValueError(f"{self.owner}: Translation's BLEU has no per-sentence worst case over restarts; "
                              f"set restarts: 1 (got {self.restarts})")
         if getattr(task, "model", None) is not None:
-            task.embedding_point(include_position=self.embeddings == "token+position")
+            try:
+                task.embedding_point(include_position=self.embeddings == "token+position")
+            except ValueError as error:
+                raise ValueError(f"{self.owner}: {error}") from None
 
     def names(self, task: L.LightningModule) -> list[str]:
         """The figures logged under ``<stage>/``, in order."""

@@ -11,7 +11,9 @@ unless you are logged in or set WANDB_MODE; it never prompts) and a CSV logger u
 checkpoints (best and last) under checkpoints/<experiment>/ with the run's resolved config.yaml beside
 them, a rich progress bar, a learning-rate monitor, a stop at the first NaN or inf loss (the last good
 checkpoint stays the last one), and RNG states in its checkpoints so that
-``--ckpt_path last`` resumes exactly (and continues the same wandb run and CSV version).
+``--ckpt_path last`` resumes exactly from a checkpoint written at an epoch's end (and continues the same
+wandb run and CSV version); from one written mid-epoch, that epoch's batches start again (our loaders
+do not resume mid-epoch; docs/guide.md).
 
 ``--ckpt_path last`` and ``--ckpt_path best`` name files of checkpoints/<experiment>/: ``last.ckpt`` (the
 final step of the latest run, see :class:`research.callbacks.ModelCheckpoint`) and the best checkpoint
@@ -83,6 +85,23 @@ def entry_class(entry: dict[str, Any]) -> type:
 def build(entry: dict[str, Any]) -> Any:
     """Instantiate a :func:`spec` entry."""
     return entry_class(entry)(**entry["init_args"])
+
+
+def drop_weight_sources(model: Any) -> None:
+    """Set to None, in a task's config entry, the files its weights would start from.
+
+    Those are the task's ``weight_sources`` and a model spec's ``pretrained``: what
+    ``Task.on_save_checkpoint`` does to a checkpoint's hyperparameters.
+    """
+    init = model.get("init_args") if model is not None and model.get("class_path") else None
+    if init is None:
+        return
+    for name in getattr(entry_class(model), "weight_sources", ()):
+        if init.get(name) is not None:
+            init[name] = None
+    spec = init.get("model")
+    if isinstance(spec, dict) and spec.get("pretrained") is not None:
+        init["model"] = {**spec, "pretrained": None}
 
 
 def default_callbacks(experiment: str, monitor: str | None, mode: str, logging: bool) -> list[dict[str, Any]]:
@@ -281,6 +300,19 @@ class ResearchCLI(LightningCLI):
                 )
             return str(max(found, key=lambda path: path.stat().st_mtime_ns))
         return ckpt_path
+
+    #: the task's weights come from a checkpoint (``--ckpt_path``, or always, as for research.commands.load)
+    weights_from_checkpoint = False
+
+    def before_instantiate_classes(self) -> None:
+        """With ``--ckpt_path`` the checkpoint holds every weight: the files a model would start from are not read.
+
+        A fine-tuned classifier is tested, resumed or attacked from its own checkpoint even when the
+        pre-trained checkpoint its config names has moved (:func:`drop_weight_sources`).
+        """
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.weights_from_checkpoint or config.get("ckpt_path"):
+            drop_weight_sources(config.get("model"))
 
     def _parse_ckpt_path(self) -> None:
         """As Lightning's (which reads the checkpoint's hyperparameters), after checking that the file is one."""

@@ -41,6 +41,8 @@ class TrainedRun:
 class _TaskAndData(ResearchCLI):
     """The config's task and datamodule, built as ``python -m research fit`` builds them, without a Trainer."""
 
+    weights_from_checkpoint = True  # load_run loads them: the files the config's model starts from are not read
+
     def parse_arguments(self, parser, args) -> None:
         # ``args`` are given on purpose (not sys.argv): LightningCLI's warning about getting both would be noise.
         for file in config_files(list(args)):
@@ -80,6 +82,24 @@ def _task_arguments(overrides: Sequence[str]) -> set[str] | None:
     return names
 
 
+def _same_model(saved: Any, described: Any, datamodule: Any) -> bool:
+    """Whether a checkpoint's model spec is the one a config describes.
+
+    A checkpoint also records the sizes its data gave (``vocab_size``, ``num_classes``, ...: a
+    config may leave them to the datamodule, which must then know the same values) and keeps no
+    ``pretrained`` file (``Task.on_save_checkpoint``): neither is a difference. Anything that is not
+    a dict (a module, a bare name) is compared as it is.
+    """
+    if saved is None or described is None:
+        return True
+    if not (isinstance(saved, dict) and isinstance(described, dict)):
+        return saved == described
+    from_data = {k for k, v in saved.items() if k not in described and getattr(datamodule, k, None) == v}
+    ignored = {"pretrained", *from_data}
+    return ({k: v for k, v in saved.items() if k not in ignored}
+            == {k: v for k, v in described.items() if k not in ignored})
+
+
 def load_run(
     config: str | Path, ckpt_path: str | Path, overrides: Sequence[str] = (), *, device: str | torch.device = "cpu"
 ) -> TrainedRun:
@@ -101,7 +121,7 @@ def load_run(
     saved = load_checkpoint(ckpt_path, what="checkpoint", lightning=True, mmap=True).get("hyper_parameters") or {}
     cli = _TaskAndData(args=["--config", str(config), *overrides], run=False)
     described = cli.model.hparams
-    if saved.get("model") is not None and described.get("model") is not None and saved["model"] != described["model"]:
+    if not _same_model(saved.get("model"), described.get("model"), cli.datamodule):
         raise ValueError(
             f"the checkpoint holds the model {saved['model']}, but the config describes {described['model']}; "
             "pass the config the checkpoint was trained with"

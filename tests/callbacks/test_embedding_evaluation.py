@@ -186,7 +186,7 @@ class PlainClassifier(nn.Module):
         (dict(eps=0.1, inputs="tokens"), "image", "inputs='tokens' needs a text task with the hooks"),
         (dict(eps=0.1, attack="apgd"), "words", "only attack='pgd'"),
         (dict(eps=0.1), "plain", "PlainClassifier lacks ['get_input_embeddings', 'embedding_output']"),
-        (dict(eps=0.1, embeddings="token+position"), "words", "GRUClassifier"),
+        (dict(eps=0.1, embeddings="token+position"), "words", "RobustEvaluation: GRUClassifier"),
     ],
 )
 def test_user_errors_are_one_line(options, task, message, words):

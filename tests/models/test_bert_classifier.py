@@ -110,9 +110,9 @@ def test_user_mistakes_are_clear():
 
 
 def test_a_fine_tuned_checkpoint_reloads_without_the_mlm_checkpoint(tmp_path):
+    from conftest import trainer
     from torch.utils.data import DataLoader
 
-    from conftest import trainer
     from research.tasks import SequenceClassification
 
     mlm_checkpoint(tmp_path / "mlm.ckpt")
