@@ -221,5 +221,6 @@ def test_load_run_takes_a_text_checkpoint_whose_sizes_came_from_the_data(tmp_pat
     last = tmp_path / fitted.trainer.checkpoint_callback.dirpath / "last.ckpt"
     run = load_run(config, last)
     assert run.task.hparams.model["vocab_size"] == fitted.model.hparams.model["vocab_size"]
+    assert load_run(last.parent / "config.yaml", last).task.hparams.model == run.task.hparams.model  # the run's own
     with pytest.raises(ValueError, match="pass the config the checkpoint was trained with"):
         load_run(config, last, ["--model.init_args.model", '{"name": "gru_classifier", "hidden_size": 8}'])

@@ -43,6 +43,12 @@ class _TaskAndData(ResearchCLI):
 
     weights_from_checkpoint = True  # load_run loads them: the files the config's model starts from are not read
 
+    def add_arguments_to_parser(self, parser) -> None:
+        super().add_arguments_to_parser(parser)
+        # a run's own config.yaml (what fit saves beside its checkpoints) also records Trainer.fit's own arguments
+        parser.add_argument("--ckpt_path", type=str | None, default=None, help="ignored: load_run is given one")
+        parser.add_argument("--weights_only", type=bool | None, default=None, help="ignored: load_run reads weights")
+
     def parse_arguments(self, parser, args) -> None:
         # ``args`` are given on purpose (not sys.argv): LightningCLI's warning about getting both would be noise.
         for file in config_files(list(args)):
