@@ -120,5 +120,5 @@ TABLE = Table(
     "0.01 from a random start. AutoAttack's 88.50 is of Madry et al.'s released network, trained as Table 1's. "
     "Expect our robust accuracies below the paper's: our PGD training sees 56,000 images, theirs 5 million.",
     plot=paper_vs_ours,
-    minutes=11,  # measured: 656 s of CPU (python -m research reproduce madry --fresh, one thread)
+    minutes=36,  # measured: 2,023 s of CPU for the PGD rows (python -m research reproduce madry), ~2 min natural
 )
