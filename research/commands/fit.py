@@ -53,6 +53,7 @@ from research.config_file import config_files, read_config_file
 from research.errors import UserError
 from research.loggers import LOG_ROOT, ContinuedCSVLogger, WandbLogger, wandb_mode
 from research.quiet import silence_known_noise
+from research.tasks.base import clear_weight_sources
 
 CHECKPOINT_ROOT = Path("checkpoints")
 # Write None values into a saved config (jsonargparse 4.49 renamed skip_none to skip_unset and warns at the old name).
@@ -90,18 +91,10 @@ def build(entry: dict[str, Any]) -> Any:
 def drop_weight_sources(model: Any) -> None:
     """Set to None, in a task's config entry, the files its weights would start from.
 
-    Those are the task's ``weight_sources`` and a model spec's ``pretrained``: what
-    ``Task.on_save_checkpoint`` does to a checkpoint's hyperparameters.
+    :func:`research.tasks.base.clear_weight_sources`, as ``Task.on_save_checkpoint`` does to a checkpoint.
     """
-    init = model.get("init_args") if model is not None and model.get("class_path") else None
-    if init is None:
-        return
-    for name in getattr(entry_class(model), "weight_sources", ()):
-        if init.get(name) is not None:
-            init[name] = None
-    spec = init.get("model")
-    if isinstance(spec, dict) and spec.get("pretrained") is not None:
-        init["model"] = {**spec, "pretrained": None}
+    if model is not None and model.get("class_path") and model.get("init_args") is not None:
+        clear_weight_sources(entry_class(model), model["init_args"])
 
 
 def default_callbacks(experiment: str, monitor: str | None, mode: str, logging: bool) -> list[dict[str, Any]]:

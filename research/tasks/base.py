@@ -29,6 +29,24 @@ from research.tasks.sharding import shard_task
 log = logging.getLogger(__name__)
 
 
+def clear_weight_sources(task: type, arguments: Any) -> dict[str, str]:
+    """Set to None, in a task's arguments, the files its weights would start from; return what they named.
+
+    Those are ``task.weight_sources`` (named as they are) and a model spec's ``pretrained`` (named
+    ``model_pretrained``). ``arguments``: the task's constructor arguments as a mutable mapping (a
+    checkpoint's hyperparameters, a config's ``init_args``). A changed spec is a new dict: a
+    checkpoint's hyperparameters are a shallow copy of the live ones.
+    """
+    cleared = {}
+    for name in getattr(task, "weight_sources", ()):
+        if arguments.get(name) is not None:
+            cleared[name], arguments[name] = arguments[name], None
+    spec = arguments.get("model")
+    if isinstance(spec, Mapping) and spec.get("pretrained") is not None:
+        cleared["model_pretrained"], arguments["model"] = spec["pretrained"], {**spec, "pretrained": None}
+    return cleared
+
+
 class Task(L.LightningModule):
     """A LightningModule with one optimizer group, one hook that fits the model to the data, and checkpoint checks.
 
@@ -171,14 +189,8 @@ class Task(L.LightningModule):
         Covers the task's :attr:`weight_sources` and the model spec's ``pretrained`` (recorded as
         ``model_pretrained_from``).
         """
-        hparams = checkpoint.get("hyper_parameters") or {}
-        for name in self.weight_sources:
-            if hparams.get(name) is not None:
-                checkpoint[f"{name}_from"], hparams[name] = hparams[name], None
-        spec = hparams.get("model")
-        if isinstance(spec, Mapping) and spec.get("pretrained") is not None:
-            # a new dict: the checkpoint's hyperparameters are a shallow copy of the live ones
-            checkpoint["model_pretrained_from"], hparams["model"] = spec["pretrained"], {**spec, "pretrained": None}
+        cleared = clear_weight_sources(type(self), checkpoint.get("hyper_parameters") or {})
+        checkpoint.update({f"{name}_from": path for name, path in cleared.items()})
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A checkpoint of another model stops here with a readable message, before torch's strict load."""
