@@ -34,7 +34,7 @@ import functools
 from typing import NamedTuple
 
 from research.reproduce.plots import two_panels
-from research.reproduce.runs import config_key, fit_run, model_override, quick_bible, quick_bible_references
+from research.reproduce.runs import config_key, fit_run, model_override, quick_data
 from research.reproduce.table import Row, Table
 
 PRETRAIN = "bert/bible_bert_tiny.yaml"
@@ -85,13 +85,13 @@ def pretrain_overrides(name: str) -> tuple[str, ...]:
 def measured(name: str, quick: bool) -> dict[str, float]:
     """Masked-token accuracy (%) of strategy ``name``'s pre-training and test accuracy (%) of its fine-tuning."""
     # quick: 8 examples a step (not 32) of every 16th verse (tokenizing all of them took most of a quick run)
-    smaller = ("--data.init_args.batch_size", "8", "--data.init_args.corpus", str(quick_bible())) if quick else ()
-    labels = ("--data.init_args.references", str(quick_bible_references())) if quick else ()
-    pretrain = fit_run(PRETRAIN, (*pretrain_overrides(name), *smaller), quick=quick)
+    pretrain = fit_run(PRETRAIN, (*pretrain_overrides(name), *quick_data(quick, batch_size=8, verses=True)),
+                       quick=quick)
     if not pretrain.last:
         raise FileNotFoundError(f"pre-training with strategy {name} wrote no checkpoint")
     finetune = fit_run(FINETUNE, (*model_override(FINETUNE, pretrained=pretrain.last), "--data.init_args.tokenizer_of",
-                                  pretrain.last, *smaller, *labels), quick=quick)
+                                  pretrain.last, *quick_data(quick, batch_size=8, verses=True, references=True)),
+                       quick=quick)
     return {"mlm_acc": 100 * pretrain.metrics["test/acc"], "finetune_acc": 100 * finetune.metrics["test/acc"]}
 
 

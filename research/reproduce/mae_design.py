@@ -25,7 +25,7 @@ import functools
 from functools import partial
 
 from research.reproduce.plots import two_panels
-from research.reproduce.runs import config_key, fashion_mnist_root, fit_run, model_override
+from research.reproduce.runs import config_key, fashion_mnist_root, fit_run, model_override, quick_data
 from research.reproduce.table import Row, Table
 
 PRETRAIN = "mae/fashion_mnist_pretrain.yaml"
@@ -59,8 +59,7 @@ def _budget(epochs: int, batches: int = BATCHES) -> tuple[str, ...]:
 
 def _data(quick: bool) -> tuple[str, ...]:
     """Fashion-MNIST's root; quick: steps of 32 images, not the configs' 128 and 256."""
-    return ("--data.init_args.root", str(fashion_mnist_root(quick)), *(("--data.init_args.batch_size", "32") if quick
-                                                                        else ()))
+    return ("--data.init_args.root", str(fashion_mnist_root(quick)), *quick_data(quick, batch_size=32))
 
 
 @functools.cache

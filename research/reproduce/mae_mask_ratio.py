@@ -18,7 +18,7 @@ import functools
 from functools import partial
 
 from research.reproduce.plots import curve
-from research.reproduce.runs import config_key, fashion_mnist_root, fit_run
+from research.reproduce.runs import config_key, fashion_mnist_root, fit_run, quick_data
 from research.reproduce.table import Row, Table
 
 PRETRAIN = "mae/fashion_mnist_pretrain.yaml"
@@ -38,7 +38,7 @@ def _budget(epochs: int) -> tuple[str, ...]:
 def probe_accuracy(ratio: float, quick: bool) -> float:
     """Pre-train at mask ``ratio``, then linear-probe the encoder: test accuracy (%)."""
     data = ("--data.init_args.root", str(fashion_mnist_root(quick)))
-    data += ("--data.init_args.batch_size", "32") if quick else ()  # quick: steps of 32 images, not 256
+    data += quick_data(quick, batch_size=32)  # quick: steps of 32 images, not 256
     pretrain = fit_run(PRETRAIN, (*data, *_budget(PRETRAIN_EPOCHS), "--model.init_args.mask_ratio", str(ratio),
                                   "--trainer.callbacks", "[]"), quick=quick)
     if not pretrain.last:

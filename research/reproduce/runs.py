@@ -254,6 +254,23 @@ def fashion_mnist_root(quick: bool) -> Path:
     )
 
 
+def quick_data(quick: bool, *, batch_size: int, verses: bool = False, references: bool = False) -> tuple[str, ...]:
+    """A quick run's data overrides: steps of ``batch_size`` examples; empty for a full run (the config's data).
+
+    A quick run proves that a table's rows are measured, not what they measure, so its steps are small and,
+    for the Bible's text configs, it reads every 16th verse (``verses``: :func:`quick_bible`) with their
+    labels (``references``: :func:`quick_bible_references`).
+    """
+    if not quick:
+        return ()
+    options = ("--data.init_args.batch_size", str(batch_size))
+    if verses:
+        options += ("--data.init_args.corpus", str(quick_bible()))
+    if references:
+        options += ("--data.init_args.references", str(quick_bible_references()))
+    return options
+
+
 def quick_bible(every: int = 16) -> Path:
     """Every ``every``-th verse pair of the embedded English-Spanish Bible as a corpus file, for quick text runs.
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 
-from research.reproduce.runs import config_key, fit_run, quick_bible
+from research.reproduce.runs import config_key, fit_run, quick_data
 from research.reproduce.table import Row, Table
 
 CONFIGS = {
@@ -32,9 +32,9 @@ def measured(name: str, quick: bool) -> dict[str, float]:
     """Test BLEU (beam search) and training CPU time (minutes) of one model's run."""
     # quick: an untrained model never says EOS, so decode a few sentences greedily (seconds, not minutes), of a
     # sixteenth of the corpus (tokenizing all of it took most of a quick run)
-    quick_decoding = ("--data.init_args.batch_size", "8", "--data.init_args.eval_batch_size", "8",
+    quick_decoding = (*quick_data(quick, batch_size=8, verses=True), "--data.init_args.eval_batch_size", "8",
                       "--model.init_args.test_decoding", "greedy",
-                      "--model.init_args.test_bleu_samples", "null", "--data.init_args.corpus", str(quick_bible()))
+                      "--model.init_args.test_bleu_samples", "null")
     run = fit_run(CONFIGS[name], quick_decoding if quick else (), quick=quick)
     return {"bleu": run.metrics["test/bleu"], "minutes": run.cpu_seconds / 60}
 

@@ -19,7 +19,7 @@ import functools
 from functools import partial
 
 from research.reproduce.plots import two_panels
-from research.reproduce.runs import config_key, fashion_mnist_root, model_override, over_seeds
+from research.reproduce.runs import config_key, fashion_mnist_root, model_override, over_seeds, quick_data
 from research.reproduce.table import Measured, Row, Table
 
 CONFIG = "swin/fashion_mnist_swin_ablation.yaml"
@@ -46,7 +46,7 @@ def accuracy(variant: str, quick: bool) -> Measured:
     """Test accuracy (%) of ``variant``, mean and standard deviation over :data:`SEEDS` seeds (quick: one)."""
     model = model_override(CONFIG, **VARIANTS[variant][0])
     overrides = ("--data.init_args.root", str(fashion_mnist_root(quick)), *model)
-    overrides += ("--data.init_args.batch_size", "32") if quick else ()  # quick: steps of 32 images, not 128
+    overrides += quick_data(quick, batch_size=32)  # quick: steps of 32 images, not 128
     return over_seeds(CONFIG, overrides, "test/acc", SEEDS, quick=quick)
 
 

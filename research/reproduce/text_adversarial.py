@@ -26,7 +26,15 @@ from __future__ import annotations
 import functools
 from functools import partial
 
-from research.reproduce.runs import Run, config_key, fit_run, model_override, quick_bible, quick_bible_references
+from research.reproduce.runs import (
+    Run,
+    config_key,
+    fit_run,
+    model_override,
+    quick_bible,
+    quick_bible_references,
+    quick_data,
+)
 from research.reproduce.table import Row, Table
 
 PRETRAIN = "bert/bible_bert_tiny.yaml"
@@ -42,20 +50,14 @@ ATTACK_STEPS = 10
 # --quick: batches of 8 of every 16th verse to train (tokenizing the whole Bible took seconds a run), one batch of 16
 # test verses attacked with 2 steps (the attack took most of a quick run's time; a quick run shows that every row is
 # measured, not how robust a model is)
-QUICK_BATCH = ("--data.init_args.batch_size", "8")
 PAPER = "Zhu et al. 2020, Tables 1-2 (trend; GLUE)"
 OURS = "ours only (no paper number for this task)"
-
-
-def _quick_verses() -> dict[str, str]:
-    """The verses (and their labels) of the quick runs: every 16th of the embedded Bible."""
-    return {"corpus": str(quick_bible()), "references": str(quick_bible_references())}
 
 
 @functools.cache
 def pretraining(quick: bool) -> Run:
     """The masked-language-model run all three fine-tunings start from (trained once per process)."""
-    run = fit_run(PRETRAIN, (*QUICK_BATCH, "--data.init_args.corpus", str(quick_bible())) if quick else (), quick=quick)
+    run = fit_run(PRETRAIN, quick_data(quick, batch_size=8, verses=True), quick=quick)
     if not run.last:
         raise FileNotFoundError(f"the pre-training run of {PRETRAIN} wrote no last.ckpt")
     return run
@@ -73,11 +75,11 @@ def measured(name: str, quick: bool) -> dict[str, float]:
     from research.tasks import SequenceClassification
 
     mlm = pretraining(quick)
-    verses = _quick_verses() if quick else {}
-    quick_options = (*QUICK_BATCH, *(arg for key, path in verses.items() for arg in (f"--data.init_args.{key}", path)))
-    run = fit_run(CONFIGS[name], _overrides(CONFIGS[name], mlm.last) + (quick_options if quick else ()), quick=quick)
+    quick_options = quick_data(quick, batch_size=8, verses=True, references=True)
+    run = fit_run(CONFIGS[name], _overrides(CONFIGS[name], mlm.last) + quick_options, quick=quick)
     checkpoint = run.best or run.last  # fit_run tested the best checkpoint: attack the same weights
     task = SequenceClassification.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
+    verses = {"corpus": str(quick_bible()), "references": str(quick_bible_references())} if quick else {}
     data = BibleVersesDataModule(tokenizer_of=mlm.last, batch_size=16 if quick else 64, **verses)
     data.setup("test")  # the verses were tokenized for the run: BibleVersesDataModule keeps them for the process
     robust = embedding_robust_accuracy(task, data, radii=RADII, steps=2 if quick else ATTACK_STEPS,

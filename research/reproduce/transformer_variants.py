@@ -29,7 +29,7 @@ import functools
 from typing import NamedTuple
 
 from research.reproduce.plots import two_panels
-from research.reproduce.runs import config_key, fit_run, model_override, quick_bible
+from research.reproduce.runs import config_key, fit_run, model_override, quick_data
 from research.reproduce.table import Row, Table
 
 CONFIG = "seq2seq/bible_en_es_transformer_variants.yaml"
@@ -66,8 +66,7 @@ HEADS = ("h1", "base", "h16")
 SMALLER = ("layers1", "dim64")
 # --quick: end the epoch after the quick steps so it validates, and decode two small batches (an untrained model
 # never says EOS: seconds, not minutes); the corpus is a sixteenth of the Bible's (see measured), a batch 8 pairs.
-_QUICK = ("--trainer.limit_train_batches", "3", "--data.init_args.batch_size", "8",
-          "--data.init_args.eval_batch_size", "8")
+_QUICK = ("--trainer.limit_train_batches", "3", "--data.init_args.eval_batch_size", "8")
 
 
 @functools.cache
@@ -77,7 +76,7 @@ def measured(name: str, quick: bool) -> dict[str, float]:
     Raises:
         KeyError: ``name`` is not in :data:`VARIANTS`.
     """
-    quick_options = (*_QUICK, "--data.init_args.corpus", str(quick_bible())) if quick else ()
+    quick_options = (*_QUICK, *quick_data(quick, batch_size=8, verses=True)) if quick else ()
     run = fit_run(CONFIG, overrides(name) + quick_options, quick=quick)
     return {"ppl": run.metrics["val/ppl"], "bleu": run.metrics["val/bleu"]}
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from research.reproduce.runs import config_file, config_key, fashion_mnist_root, fit_run
+from research.reproduce.runs import config_file, config_key, fashion_mnist_root, fit_run, quick_data
 from research.reproduce.table import Row, Table
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def distances(quick: bool) -> dict[str, object]:
     from research.models.attention_distance import attention_maps, mean_attention_distance
 
     data = ("--data.init_args.root", str(fashion_mnist_root(quick)))
-    data += ("--data.init_args.batch_size", "16") if quick else ()  # quick: steps of 16 images, not 128
+    data += quick_data(quick, batch_size=16)  # quick: steps of 16 images, not 128
     run = fit_run(CONFIG, data, quick=quick)
     if not run.last:
         raise FileNotFoundError(f"the run of {CONFIG} wrote no checkpoint")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from functools import partial
 
-from research.reproduce.runs import config_key, fit_run
+from research.reproduce.runs import config_key, fit_run, quick_data
 from research.reproduce.table import Row, Table
 
 RESNET = "reproduce/mnist_small_resnet20.yaml"
@@ -24,7 +24,7 @@ PAPER = "Dosovitskiy et al. 2021, section 4.3 (trend)"
 @functools.cache
 def accuracies(quick: bool) -> dict[str, float]:
     """Test accuracy (%) of each model's best checkpoint, trained at the same budget."""
-    smaller = ("--data.init_args.batch_size", "16") if quick else ()  # quick: steps of 16 digits, not 128
+    smaller = quick_data(quick, batch_size=16)  # quick: steps of 16 digits, not 128
     return {name: 100 * fit_run(config, smaller, quick=quick).metrics["test/acc"] for name, config in
             (("resnet", RESNET), ("vit", VIT))}
 
