@@ -274,7 +274,8 @@ class AdversarialTraining(Callback):
             scripts set it per task).
         steps: attack iterations; required for pgd, trades, mart and freelb (K, its ascent passes),
             not accepted by the others (fgsm_rs takes one step; free takes one step per replay).
-        norm: "linf" or "l2"; free is defined for "linf" only.
+        norm: images: "linf" (the default) or "l2"; free is defined for "linf" only. Token attacks
+            are L2 (per token for pgd, per sequence for freelb): "linf" there is refused.
         fraction: share of each batch replaced, in (0, 1]: the first ``round(fraction * B)``
             images (the loader shuffles, so these are a random subset); the rest stay clean.
             trades and mart attack the whole batch (their losses are defined so).
@@ -319,7 +320,7 @@ class AdversarialTraining(Callback):
         eps: float,
         step_size: float | None = None,
         steps: int | None = None,
-        norm: Literal["linf", "l2"] = "linf",
+        norm: Literal["linf", "l2"] | None = None,
         fraction: float = 1.0,
         warmup_epochs: float = 0.0,
         attack_in_eval_mode: bool = True,
@@ -340,8 +341,8 @@ class AdversarialTraining(Callback):
         if not eps > 0:
             raise ValueError(f"{OWNER}: eps must be > 0 (pixel units for images; for tokens a radius relative to the "
                              f"embedding norm (pgd) or a Frobenius norm (freelb)), got {eps}")
-        check_token_options(OWNER, attack, inputs, embeddings, init_eps, objective, fraction)
-        if norm not in ("linf", "l2"):
+        check_token_options(OWNER, attack, inputs, embeddings, init_eps, objective, fraction, norm)
+        if norm not in (None, "linf", "l2"):
             raise ValueError(f"{OWNER}: unknown norm {norm!r}; choose 'linf' or 'l2'")
         iterative = attack in ("pgd", "freelb", *_LOSS_RECIPES)
         if iterative and (steps is None or steps < 1):
@@ -356,7 +357,7 @@ class AdversarialTraining(Callback):
             raise ValueError(f"{OWNER}: attack='free' needs replays >= 1 (Shafahi et al. use 8 on CIFAR-10)")
         if attack != "free" and replays is not None:
             raise ValueError(f"{OWNER}: replays is an option of attack='free' only; remove it for {attack!r}")
-        if attack == "free" and norm != "linf":
+        if attack == "free" and norm == "l2":
             raise ValueError(f"{OWNER}: attack='free' is defined for norm='linf' only (Shafahi et al.)")
         if attack not in _LOSS_RECIPES and beta is not None:
             raise ValueError(f"{OWNER}: beta is an option of attack='trades' or 'mart' only; remove it for {attack!r}")
@@ -377,7 +378,8 @@ class AdversarialTraining(Callback):
             raise ValueError(f"{OWNER}: guard_gap must lie in [0, 1] (or be None), got {guard_gap}")
         if step_size is None:
             step_size = 1.25 * eps if attack == "fgsm_rs" else eps if attack == "free" else 2.5 * eps / steps
-        self.attack, self.eps, self.step_size, self.steps, self.norm = attack, eps, step_size, steps, norm
+        self.attack, self.eps, self.step_size, self.steps = attack, eps, step_size, steps
+        self.norm, self.norm_given = norm or "linf", norm  # tokens refuse an explicit "linf"
         self.fraction, self.warmup_epochs, self.attack_in_eval_mode = fraction, warmup_epochs, attack_in_eval_mode
         self.replays = replays
         self.beta = (6.0 if beta is None else float(beta)) if attack in _LOSS_RECIPES else None

@@ -87,8 +87,15 @@ def check_token_task(owner: str, pl_module: L.LightningModule, attack: str, incl
         raise ValueError(f"{owner}: {error}") from None
 
 
+def check_token_norm(owner: str, norm: str | None) -> None:
+    """Stop with one line on ``norm="linf"`` for token inputs, whose attacks are L2 (per token, or per sequence)."""
+    if norm == "linf":
+        raise ValueError(f"{owner}: norm='linf' does not apply to token inputs: embedding-space attacks are L2 "
+                         "(per token for pgd, per sequence for freelb); remove norm")
+
+
 def check_token_options(owner: str, attack: str, inputs: str, embeddings: str, init_eps: float | None,
-                        objective: str | None, fraction: float) -> None:
+                        objective: str | None, fraction: float, norm: str | None = None) -> None:
     """The constructor checks of AdversarialTraining's token options (those that need no task)."""
     if inputs not in ("auto", "images", "tokens"):
         raise ValueError(f"{owner}: unknown inputs {inputs!r}; choose 'auto', 'images' or 'tokens'")
@@ -109,6 +116,8 @@ def check_token_options(owner: str, attack: str, inputs: str, embeddings: str, i
         raise ValueError(f"{owner}: unknown objective {objective!r}; choose 'adversarial' or 'clean+adversarial'")
     if inputs == "tokens" and fraction != 1:
         raise ValueError(f"{owner}: fraction is an image option; token attacks perturb every sequence")
+    if inputs == "tokens" or attack == "freelb":
+        check_token_norm(owner, norm)
 
 
 def token_training(owner: str, options: Any, pl_module: L.LightningModule) -> EmbeddingTraining | None:
@@ -131,6 +140,7 @@ def token_training(owner: str, options: Any, pl_module: L.LightningModule) -> Em
                          "use attack='pgd' or 'freelb'")
     if options.fraction != 1:
         raise ValueError(f"{owner}: fraction is an image option; token attacks perturb every sequence")
+    check_token_norm(owner, options.norm_given)
     check_token_task(owner, pl_module, options.attack, include_position=False)
     return EmbeddingTraining(
         attack=options.attack, eps=options.eps, step_size=options.step_size, steps=options.steps,

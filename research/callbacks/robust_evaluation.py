@@ -15,6 +15,7 @@ from torch import Tensor
 from research.attacks import apgd, autoattack, fgsm, pgd
 from research.callbacks._batch import EvaluationSubsetCallback, Stage, check_at_least_one
 from research.callbacks.embedding_evaluation import INFERENCE_MODE_ADVICE, EmbeddingRobustness, Embeddings, TokenSubset
+from research.callbacks.embedding_training import check_token_norm
 from research.tasks.token_inputs import HOOKS, has_token_inputs
 
 OWNER = "RobustEvaluation"
@@ -61,7 +62,7 @@ class RobustEvaluation(EvaluationSubsetCallback):
     ``subset_clean_acc``, ``robust_acc_pgd`` and ``robust_acc`` (accuracy per sequence, or masked-token
     accuracy per selected token), or ``subset_clean_bleu`` and ``robust_bleu`` (Translation: greedy
     translations with the encoder's input embeddings perturbed, BLEU 0-100):
-    :mod:`research.callbacks.embedding_evaluation`. ``norm`` does not apply (always per-token L2),
+    :mod:`research.callbacks.embedding_evaluation`. The threat model is per-token L2 (``norm="linf"`` is refused),
     FGSM is not run, and ``attack`` must be "pgd".
 
     Args:
@@ -75,8 +76,9 @@ class RobustEvaluation(EvaluationSubsetCallback):
         pgd_steps: PGD iterations.
         pgd_step_size: PGD step; default 2.5 * eps / pgd_steps (the robustness library's rule of thumb).
         apgd_steps: APGD iterations (100 in AutoAttack).
-        norm: threat model, "linf" or "l2". FGSM is L-inf by definition and is only run (and
-            logged) with "linf".
+        norm: threat model, "linf" (the default for images) or "l2". FGSM is L-inf by definition
+            and is only run (and logged) with "linf". Token inputs are always per-token L2: "linf"
+            there is refused.
         restarts: random restarts of PGD; an example is robust only if no restart fools it.
         batch_size: examples per attack batch.
         every_n_epochs: attack at the end of every n-th validation epoch (tests always).
@@ -101,7 +103,7 @@ class RobustEvaluation(EvaluationSubsetCallback):
         pgd_steps: int = 10,
         pgd_step_size: float | None = None,
         apgd_steps: int = 100,
-        norm: Literal["linf", "l2"] = "linf",
+        norm: Literal["linf", "l2"] | None = None,
         restarts: int = 1,
         batch_size: int = 256,
         every_n_epochs: int = 1,
@@ -113,8 +115,10 @@ class RobustEvaluation(EvaluationSubsetCallback):
                              f"to each token's embedding norm), got {eps}")
         if inputs not in ("auto", "images", "tokens"):
             raise ValueError(f"{OWNER}: unknown inputs {inputs!r}; choose 'auto', 'images' or 'tokens'")
-        if norm not in ("linf", "l2"):
+        if norm not in (None, "linf", "l2"):
             raise ValueError(f"{OWNER}: unknown norm {norm!r}; choose 'linf' or 'l2'")
+        if inputs == "tokens":
+            check_token_norm(OWNER, norm)
         if attack not in ("pgd", "apgd", "autoattack"):
             raise ValueError(f"{OWNER}: unknown attack {attack!r}; choose 'pgd', 'apgd' or 'autoattack'")
         check_at_least_one(OWNER, num_samples=num_samples, pgd_steps=pgd_steps, apgd_steps=apgd_steps,
@@ -122,7 +126,8 @@ class RobustEvaluation(EvaluationSubsetCallback):
         if pgd_step_size is not None and not pgd_step_size > 0:
             raise ValueError(f"{OWNER}: pgd_step_size must be > 0, got {pgd_step_size}")
         super().__init__(every_n_epochs=every_n_epochs, rank_zero_only=False)
-        self.eps, self.norm, self.restarts, self.attack = eps, norm, restarts, attack
+        self.eps, self.norm, self.restarts, self.attack = eps, norm or "linf", restarts, attack
+        self._norm_given = norm
         self.num_samples, self.batch_size = num_samples, batch_size
         self.pgd_steps, self.apgd_steps = pgd_steps, apgd_steps
         self.pgd_step_size = 2.5 * eps / pgd_steps if pgd_step_size is None else pgd_step_size
@@ -146,6 +151,7 @@ class RobustEvaluation(EvaluationSubsetCallback):
         if self.inputs == "auto":
             self._tokens = has_token_inputs(pl_module)
         if self._tokens:
+            check_token_norm(OWNER, self._norm_given)
             if self.attack != "pgd":
                 raise ValueError(f"{OWNER}: on token inputs only attack='pgd' (embedding-space PGD) runs, "
                                  f"got attack={self.attack!r}")

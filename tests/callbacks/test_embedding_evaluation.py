@@ -187,6 +187,9 @@ class PlainClassifier(nn.Module):
         (dict(eps=0.1, attack="apgd"), "words", "only attack='pgd'"),
         (dict(eps=0.1), "plain", "PlainClassifier lacks ['get_input_embeddings', 'embedding_output']"),
         (dict(eps=0.1, embeddings="token+position"), "words", "RobustEvaluation: GRUClassifier"),
+        # tokens are attacked in per-token L2: an explicit L-inf is refused, not silently ignored
+        (dict(eps=0.1, inputs="tokens", norm="linf"), None, "RobustEvaluation: norm='linf' does not apply to token"),
+        (dict(eps=0.1, norm="linf"), "words", "RobustEvaluation: norm='linf' does not apply to token inputs"),
     ],
 )
 def test_user_errors_are_one_line(options, task, message, words):

@@ -280,6 +280,14 @@ def test_errors_name_what_is_wrong():
          r"init_eps is an option of attack='freelb' only"),
         (lambda: AdversarialTraining(attack="freelb", eps=0.1, steps=2, objective="adversarial"),
          r"objective is an option of attack='pgd' on tokens only"),
+        # token attacks are L2: an explicit L-inf is refused (told, at setup, or by attack='freelb')
+        (lambda: AdversarialTraining(attack="pgd", eps=0.1, steps=1, inputs="tokens", norm="linf"),
+         r"^AdversarialTraining: norm='linf' does not apply to token inputs: embedding-space attacks are L2 "
+         r"\(per token for pgd, per sequence for freelb\); remove norm$"),
+        (lambda: AdversarialTraining(attack="freelb", eps=0.1, steps=2, norm="linf"),
+         r"^AdversarialTraining: norm='linf' does not apply to token inputs"),
+        (lambda: fit(mlm_task(), AdversarialTraining(attack="pgd", eps=0.1, steps=1, norm="linf"), [mlm_batch()]),
+         r"^AdversarialTraining: norm='linf' does not apply to token inputs"),
     ]
     for run, message in cases:
         with pytest.raises(ValueError, match=message):
