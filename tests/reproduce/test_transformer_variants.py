@@ -38,6 +38,7 @@ def test_a_variant_changes_only_its_setting_and_keeps_d_k_at_d_model_over_h():
 def test_the_paper_figures_are_table_3s():
     paper = {name: (v.paper_ppl, v.paper_bleu) for name, v in tv.VARIANTS.items()}
     assert paper["base"] == (4.92, 25.8) and paper["h1"] == (5.29, 24.9) and paper["h16"] == (5.01, 25.4)
+    assert paper["h8"] == (4.91, 25.8)  # the paper's h 16 (2x its base's heads, as ours h 8 is 2x our base's)
     assert paper["layers1"] == (6.11, 23.7) and paper["dim64"] == (5.75, 24.5)
     assert paper["dropout0"] == (5.77, 24.6) and paper["smoothing0"] == (4.67, 25.3)
     # the trends the rows claim hold in the paper's own figures
@@ -56,6 +57,7 @@ def test_trend_rows_read_the_measured_figures(monkeypatch):
     monkeypatch.setattr(tv, "measured", lambda name, quick: figures[name])
     assert tv._worst_of(tv.HEADS, "h1", "bleu", False) == 1.0 and tv._worst_of(tv.HEADS, "h1", "ppl", False) == 1.0
     assert tv._worst_of(tv.HEADS, "h16", "bleu", False) == 0.0
+    assert tv.HEADS == ("h1", "base", "h8", "h16")  # the 1, 4, 8, 16 heads
     assert tv._worse_than_base(tv.SMALLER, "bleu", False) == 0.5
     assert tv._worse_than_base(tv.SMALLER, "ppl", False) == 0.5
     assert tv._better("base", "smoothing0", "bleu", False) == 1.0
