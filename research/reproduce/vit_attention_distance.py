@@ -170,9 +170,13 @@ TABLE = Table(
     "renormalised; a 28x28 image allows up to 34 px. A head that attends alike everywhere scores the uniform row, "
     "and the departure row says how far any head got from it: at this CPU budget our ViT's heads stay within about "
     "half a pixel of uniform attention (a ViT trained briefly on little data has not learnt where to look), so the "
-    "trend rows, which need a difference of more than 1 px, read 0 whichever way the noise falls. Distances are of "
-    "the final weights, the accuracy row of the best checkpoint by validation accuracy. One seed, 128 test images. "
-    "Fashion-MNIST comes from $RESEARCH_DATA (a failed row says so when it is missing).",
+    "trend rows, which need a difference of more than 1 px, read 0 whichever way the noise falls. It is the "
+    "budget, not our ViT: timm's ViT of the same shape, trained alike in a plain loop (AdamW, lr 1e-3, 150 steps of "
+    "128, one seed each), reached 61.1% test accuracy against ours 57.3%, and ours matches timm's outputs on the same "
+    "weights (tests/models/test_vit.py); after one epoch of the config's recipe (150 steps, without augmentation or "
+    "label smoothing) our heads' attention entropy was 3.59-3.89 nats per block against 3.91 for uniform. "
+    "Distances are of the final weights, the accuracy row of the best checkpoint by validation accuracy. One seed, "
+    "128 test images. Fashion-MNIST comes from $RESEARCH_DATA (a failed row says so when it is missing).",
     plot=distance_by_depth,
     digits=2,
     minutes=6,  # CPU minutes of one thread (34 min wall on the shared 2-core machine)
