@@ -80,16 +80,21 @@ def paper_vs_ours(table: Table, results: list[Result], *, labels: tuple[str, ...
     return figure
 
 
-def curve(table: Table, results: list[Result], *, x: dict[str, float], xlabel: str, ylabel: str,
+def curve(table: Table, results: list[Result], *, x: dict[str, tuple[str, float]], xlabel: str, ylabel: str,
           paper_x: float | None = None) -> Figure:
-    """Ours against a setting (``x`` maps a row's label to its setting), the paper's best setting marked."""
-    points = sorted((x[r.label], r.ours) for r in results if r.label in x and r.ours is not None)
+    """Ours against a setting, one curve a series, the paper's best setting marked.
+
+    ``x`` maps a row's label to (its series, e.g. "linear probe", and its setting, e.g. a mask ratio).
+    """
     figure, axes = _axes(table, 4.0)
-    if points:
-        axes.plot(*zip(*points), marker="o", color="tab:blue", label="ours")
+    for series in dict.fromkeys(name for name, _ in x.values()):
+        points = sorted((x[r.label][1], r.ours) for r in results
+                        if r.label in x and x[r.label][0] == series and r.ours is not None)
+        if points:
+            axes.plot(*zip(*points), marker="o", label=f"ours: {series}")
     if paper_x is not None:
         axes.axvline(paper_x, color="0.5", linestyle="--", label=f"paper's best ({paper_x:g})")
-    axes.set_xticks(sorted(x.values()))
+    axes.set_xticks(sorted({setting for _, setting in x.values()}))
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.legend(fontsize=8)

@@ -54,6 +54,12 @@ def test_trend_rows_read_the_measured_accuracies(monkeypatch):
     probes = {0.25: 70.0, 0.5: 75.0, 0.75: 74.0, 0.9: 60.0}
     monkeypatch.setattr(mae_mask_ratio, "probe_accuracy", lambda ratio, quick: probes[ratio])
     assert mae_mask_ratio.best_ratio(False) == 0.5 and mae_mask_ratio.improves(False) == 1.0
+    # Figure 5: fine-tuning is flatter over the ratios than the probe (here 2 points against 15)
+    finetuned = {0.25: 84.0, 0.5: 85.0, 0.75: 86.0, 0.9: 85.5}
+    monkeypatch.setattr(mae_mask_ratio, "finetune_accuracy", lambda ratio, quick: finetuned[ratio])
+    assert mae_mask_ratio.finetuning_flatter(False) == 1.0
+    finetuned[0.9] = 60.0  # 26 points: steeper than the probe
+    assert mae_mask_ratio.finetuning_flatter(False) == 0.0
 
 
 def test_missing_fashion_mnist_is_a_failed_row_that_says_what_to_set(no_fashion_data):
