@@ -52,12 +52,13 @@ OURS = ("mae_vit_tiny_patch4_28", dict(in_chans=1, embed_dim=128, depth=4, num_h
                                        decoder_depth=2, decoder_num_heads=4))
 
 
-def _budget(epochs: int, batches: int = BATCHES) -> tuple[str, ...]:
+def budget(epochs: int, batches: int = BATCHES) -> tuple[str, ...]:
+    """Trainer overrides: ``epochs`` epochs of ``batches`` batches, 10 validation batches (the MAE tables' budgets)."""
     return ("--trainer.max_epochs", str(epochs), "--trainer.limit_train_batches", str(batches),
             "--trainer.limit_val_batches", "10")
 
 
-def _data(quick: bool) -> tuple[str, ...]:
+def fashion_data(quick: bool) -> tuple[str, ...]:
     """Fashion-MNIST's root; quick: steps of 32 images, not the configs' 128 and 256."""
     return ("--data.init_args.root", str(fashion_mnist_root(quick)), *quick_data(quick, batch_size=32))
 
@@ -65,8 +66,8 @@ def _data(quick: bool) -> tuple[str, ...]:
 @functools.cache
 def pretrained(variant: str, quick: bool) -> str:
     """Pre-train ``variant`` (a key of :data:`VARIANTS`); the path of its last checkpoint."""
-    data = _data(quick)
-    run = fit_run(PRETRAIN, (*data, *_budget(PRETRAIN_EPOCHS), *VARIANTS[variant][0], "--trainer.callbacks", "[]"),
+    data = fashion_data(quick)
+    run = fit_run(PRETRAIN, (*data, *budget(PRETRAIN_EPOCHS), *VARIANTS[variant][0], "--trainer.callbacks", "[]"),
                   quick=quick)
     if not run.last:
         raise FileNotFoundError(f"pre-training {variant!r} wrote no checkpoint")
@@ -77,9 +78,9 @@ def pretrained(variant: str, quick: bool) -> str:
 def accuracy(variant: str, evaluation: str, quick: bool) -> float:
     """Test accuracy (%) of ``variant``'s encoder after ``evaluation`` ("probe" or "fine-tune")."""
     config, epochs, batches, _ = EVALUATIONS[evaluation]
-    data = _data(quick)
+    data = fashion_data(quick)
     shorter = ("--model.init_args.optim.warmup_epochs", "0.5") if evaluation == "fine-tune" else ()
-    run = fit_run(config, (*data, *_budget(epochs, batches), *shorter, "--model.init_args.pretrained",
+    run = fit_run(config, (*data, *budget(epochs, batches), *shorter, "--model.init_args.pretrained",
                            pretrained(variant, quick)), quick=quick)
     return 100 * run.metrics["test/acc"]
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import functools
 from functools import partial
 
+from research.reproduce.mae_design import budget, fashion_data
 from research.reproduce.plots import curve
-from research.reproduce.runs import config_key, fashion_mnist_root, fit_run, quick_data
+from research.reproduce.runs import config_key, fit_run
 from research.reproduce.table import Row, Table
 
 PRETRAIN = "mae/fashion_mnist_pretrain.yaml"
@@ -39,20 +40,10 @@ FINETUNE_RECIPE = ("--model.init_args.optim.warmup_epochs", "0.5", "--model.init
 PAPER = "He et al. 2022, Figure 5 (trend; ViT-L, ImageNet)"
 
 
-def _budget(epochs: int, batches: int = BATCHES) -> tuple[str, ...]:
-    return ("--trainer.max_epochs", str(epochs), "--trainer.limit_train_batches", str(batches),
-            "--trainer.limit_val_batches", "10")
-
-
-def _data(quick: bool) -> tuple[str, ...]:
-    """Fashion-MNIST's root; quick: steps of 32 images, not 256 and 128."""
-    return ("--data.init_args.root", str(fashion_mnist_root(quick)), *quick_data(quick, batch_size=32))
-
-
 @functools.cache
 def pretrained(ratio: float, quick: bool) -> str:
     """Pre-train at mask ``ratio``; the path of the last checkpoint."""
-    run = fit_run(PRETRAIN, (*_data(quick), *_budget(PRETRAIN_EPOCHS), "--model.init_args.mask_ratio", str(ratio),
+    run = fit_run(PRETRAIN, (*fashion_data(quick), *budget(PRETRAIN_EPOCHS), "--model.init_args.mask_ratio", str(ratio),
                              "--trainer.callbacks", "[]"), quick=quick)
     if not run.last:
         raise FileNotFoundError(f"pre-training at mask ratio {ratio} wrote no checkpoint")
@@ -62,7 +53,7 @@ def pretrained(ratio: float, quick: bool) -> str:
 @functools.cache
 def probe_accuracy(ratio: float, quick: bool) -> float:
     """Pre-train at mask ``ratio``, then linear-probe the encoder: test accuracy (%)."""
-    probe = fit_run(PROBE, (*_data(quick), *_budget(PROBE_EPOCHS), "--model.init_args.pretrained",
+    probe = fit_run(PROBE, (*fashion_data(quick), *budget(PROBE_EPOCHS), "--model.init_args.pretrained",
                             pretrained(ratio, quick)), quick=quick)
     return 100 * probe.metrics["test/acc"]
 
@@ -70,7 +61,7 @@ def probe_accuracy(ratio: float, quick: bool) -> float:
 @functools.cache
 def finetune_accuracy(ratio: float, quick: bool) -> float:
     """Pre-train at mask ``ratio``, then fine-tune the whole encoder (:data:`FINETUNE_RECIPE`): test accuracy (%)."""
-    run = fit_run(FINETUNE, (*_data(quick), *_budget(FINETUNE_EPOCHS, FINETUNE_BATCHES), *FINETUNE_RECIPE,
+    run = fit_run(FINETUNE, (*fashion_data(quick), *budget(FINETUNE_EPOCHS, FINETUNE_BATCHES), *FINETUNE_RECIPE,
                              "--model.init_args.pretrained", pretrained(ratio, quick)), quick=quick)
     return 100 * run.metrics["test/acc"]
 
